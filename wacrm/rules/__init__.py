@@ -1,0 +1,1 @@
+"""Rule files and the engine that runs them on events and timers."""

@@ -1,0 +1,1 @@
+"""The ASGI server: WhatsApp and CRM webhooks, health, metrics."""

@@ -1,0 +1,84 @@
+"""Accounts and the WhatsApp numbers that route webhooks to them."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+
+from wacrm.store.schema import accounts, whatsapp_numbers
+
+
+def ensure_account(engine: Engine, name: str, crm: str = "local") -> int:
+    """Return the id of the account called ``name``, creating it if needed."""
+    with engine.begin() as conn:
+        found = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar()
+        if found is not None:
+            return int(found)
+        try:
+            with conn.begin_nested():
+                result = conn.execute(
+                    accounts.insert().values(name=name, crm=crm, created_at=datetime.now(UTC))
+                )
+                assert result.inserted_primary_key is not None
+                return int(result.inserted_primary_key[0])
+        except IntegrityError:  # created concurrently by another worker
+            found = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar()
+            assert found is not None
+            return int(found)
+
+
+def register_number(
+    engine: Engine,
+    account_id: int,
+    phone_number_id: str,
+    provider: str = "meta",
+    display_phone_number: str | None = None,
+) -> None:
+    """Route webhooks for ``phone_number_id`` to ``account_id`` (idempotent)."""
+    with engine.begin() as conn:
+        current = conn.execute(
+            select(whatsapp_numbers.c.account_id).where(
+                whatsapp_numbers.c.phone_number_id == phone_number_id
+            )
+        ).scalar()
+        if current is None:
+            conn.execute(
+                whatsapp_numbers.insert().values(
+                    phone_number_id=phone_number_id,
+                    account_id=account_id,
+                    provider=provider,
+                    display_phone_number=display_phone_number,
+                )
+            )
+        elif int(current) != account_id:
+            raise ValueError(
+                f"phone number id {phone_number_id} already belongs to account {current}"
+            )
+
+
+class NumberDirectory:
+    """phone_number_id → account id, cached; webhooks look it up on every request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def account_for(self, phone_number_id: str) -> int | None:
+        found = self._cache.get(phone_number_id)
+        if found is not None:
+            return found
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(whatsapp_numbers.c.account_id).where(
+                    whatsapp_numbers.c.phone_number_id == phone_number_id
+                )
+            ).scalar()
+        if row is None:
+            return None
+        with self._lock:
+            self._cache[phone_number_id] = int(row)
+        return int(row)

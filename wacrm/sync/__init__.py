@@ -1,0 +1,1 @@
+"""Sync engine: outbox batching, change-threshold trigger, rate budget, retry, cursors."""

@@ -1,0 +1,1 @@
+"""WhatsApp providers: Meta Cloud API and Twilio (verify, parse, send, classify errors)."""

@@ -1,0 +1,1 @@
+"""Background workers that move data along the path: inbox processor and outbox senders."""
