@@ -143,15 +143,18 @@ class GroupCommitWriter:
                 return
 
     def _commit(self, group: Iterable[_Job]) -> None:
+        # A waiter that gave up (cancelled) must not kill this thread when its result is set;
+        # its rows are still written: the provider's retry is then a harmless duplicate.
         jobs = list(group)
+        waiting = [j for j in jobs if j.done.set_running_or_notify_cancel()]
         try:
             with self._engine.begin() as conn:
                 insert_inbox_rows(conn, [r for j in jobs for r in j.rows])
                 insert_quarantine_rows(conn, [q for j in jobs for q in j.quarantined])
         except Exception as exc:  # every waiter learns the group failed
-            for job in jobs:
+            for job in waiting:
                 job.done.set_exception(exc)
             return
         self.commits += 1
-        for job in jobs:
+        for job in waiting:
             job.done.set_result(None)

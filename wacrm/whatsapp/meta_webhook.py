@@ -101,11 +101,16 @@ def _split_change(waba_id: Any, change: dict[str, Any]) -> Iterator[WebhookEvent
         )
         return
     contacts = _arr(value.get("contacts"))
-    by_wa_id = {c.get("wa_id"): c for c in contacts if isinstance(c, dict)}
+    by_wa_id = {
+        c["wa_id"]: c for c in contacts if isinstance(c, dict) and isinstance(c.get("wa_id"), str)
+    }
     for msg in _arr(value.get("messages")):
         if not isinstance(msg, dict):
             continue
-        contact = by_wa_id.get(msg.get("from")) or (contacts[0] if len(contacts) == 1 else None)
+        sender = msg.get("from")
+        contact = (by_wa_id.get(sender) if isinstance(sender, str) else None) or (
+            contacts[0] if len(contacts) == 1 else None
+        )
         msg_id = msg.get("id")
         yield WebhookEvent(
             phone_number_id,

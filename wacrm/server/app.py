@@ -1,0 +1,166 @@
+"""The ASGI application: webhook endpoint, health check, and the background lifecycle.
+
+The WhatsApp webhook path is dispatched in raw ASGI ahead of Starlette, so the hot path pays
+for no routing or middleware; every other route (health, and later CRM webhooks, OAuth and the
+dashboard) goes through Starlette. The lifespan owns the inbox writer thread and the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from wacrm.config import ConfigError, Settings
+from wacrm.server.responses import Receive, Scope, Send, send_error
+from wacrm.server.whatsapp_webhook import MetaWebhook, describe_failure
+from wacrm.store.accounts import NumberDirectory
+from wacrm.store.inbox import GroupCommitWriter
+from wacrm.workers.base import Worker
+
+logger = logging.getLogger(__name__)
+
+WHATSAPP_WEBHOOK_PATH = "/webhooks/whatsapp"
+_WEBHOOK_PATHS = frozenset({WHATSAPP_WEBHOOK_PATH, WHATSAPP_WEBHOOK_PATH + "/"})
+WORKER_STOP_TIMEOUT = 10.0
+
+
+def require_webhook_secrets(settings: Settings) -> None:
+    """Fail closed: without these, anyone could post events or claim the callback URL."""
+    if not settings.whatsapp_app_secret:
+        raise ConfigError(
+            "WACRM_WHATSAPP_APP_SECRET is not set: refusing to accept unsigned webhooks"
+        )
+    if not settings.whatsapp_verify_token:
+        raise ConfigError(
+            "WACRM_WHATSAPP_VERIFY_TOKEN is not set: "
+            "refusing to answer Meta's verification handshake"
+        )
+
+
+class WacrmApp:
+    """The ASGI callable uvicorn runs: webhook path first, Starlette for the rest."""
+
+    def __init__(
+        self,
+        webhook: MetaWebhook,
+        fallback: Starlette,
+        writer: GroupCommitWriter,
+        workers: Sequence[Worker],
+    ) -> None:
+        self.webhook = webhook
+        self.fallback = fallback
+        self.writer = writer
+        self.workers = tuple(workers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in _WEBHOOK_PATHS:
+            try:
+                await self.webhook(scope, receive, send)
+            except Exception:
+                # A bug, not bad input; still answer JSON (and 5xx, so Meta retries). If the
+                # response had already started, the server closes the connection instead.
+                logger.exception("webhook handler failed")
+                with contextlib.suppress(Exception):
+                    await send_error(send, 500, "internal error; the webhook was not stored")
+            return
+        await self.fallback(scope, receive, send)
+
+
+def _run_workers_lifespan(
+    writer: GroupCommitWriter, workers: Sequence[Worker]
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        writer.start()
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(w.run(stop), name=f"worker:{w.name}") for w in workers]
+        for task in tasks:
+            task.add_done_callback(lambda t: _report_exit(t, stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=WORKER_STOP_TIMEOUT)
+                for task in pending:
+                    logger.warning("%s did not stop in time; cancelling it", task.get_name())
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            # After the workers: in-flight requests are drained by the server before shutdown.
+            await asyncio.to_thread(writer.stop)
+
+    return lifespan
+
+
+def _report_exit(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        logger.error("%s crashed: %s", task.get_name(), describe_failure(exc))
+    elif not stop.is_set():
+        logger.warning("%s returned before it was asked to stop", task.get_name())
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+
+async def _server_error(_request: Request, exc: Exception) -> Response:
+    logger.error("request failed: %s", describe_failure(exc))
+    return JSONResponse({"error": "internal error"}, 500)
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _healthz(engine: Engine) -> Callable[[Request], Awaitable[Response]]:
+    async def healthz(_request: Request) -> Response:
+        try:
+            # In a thread: a store that hangs must not freeze the webhook path.
+            await asyncio.to_thread(_ping, engine)
+        except Exception as exc:
+            logger.warning("health check: store unavailable: %s", describe_failure(exc))
+            return JSONResponse({"status": "error", "database": "unavailable"}, 503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    return healthz
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    workers: Sequence[Worker] = (),
+    directory: NumberDirectory | None = None,
+) -> WacrmApp:
+    """Build the app; raises :class:`ConfigError` when the webhook secrets are missing."""
+    require_webhook_secrets(settings)
+    writer = GroupCommitWriter(engine)
+    webhook = MetaWebhook(
+        app_secret=settings.whatsapp_app_secret,
+        verify_token=settings.whatsapp_verify_token,
+        max_body_bytes=settings.max_body_bytes,
+        writer=writer,
+        directory=directory or NumberDirectory(engine),
+        workers=workers,
+    )
+    fallback = Starlette(
+        routes=[Route("/healthz", _healthz(engine), methods=["GET"])],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        lifespan=_run_workers_lifespan(writer, workers),
+    )
+    return WacrmApp(webhook, fallback, writer, workers)

@@ -1,0 +1,78 @@
+"""Turning the events of one webhook into inbox and quarantine rows (no I/O).
+
+Every event becomes exactly one row: an inbox row when it has an id and a known business
+number, otherwise a quarantine row with its reason. Quarantined events are still stored and
+acknowledged, so nothing is lost and Meta does not retry something that can never succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import orjson
+
+from wacrm.store.inbox import InboxRow, QuarantineRow
+from wacrm.store.schema import inbox
+from wacrm.whatsapp.meta_webhook import PROVIDER, WebhookEvent
+
+QUARANTINE_SOURCE = "webhook:meta"
+
+# A value wider than its column is truncated by SQLite but fails the whole group commit on
+# PostgreSQL, which would turn one odd event into a retry loop for every webhook in the group.
+_KIND_WIDTH: int = getattr(inbox.c.kind.type, "length", None) or 20
+_EVENT_ID_WIDTH: int = getattr(inbox.c.event_id.type, "length", None) or 255
+
+AccountLookup = Callable[[str], int | None]
+
+
+def _quarantine(
+    event: WebhookEvent, account_id: int | None, reason: str, now: datetime
+) -> QuarantineRow:
+    payload = orjson.dumps(
+        {
+            "kind": event.kind,
+            "event_id": event.event_id,
+            "phone_number_id": event.phone_number_id,
+            "payload": event.payload,
+        }
+    ).decode()
+    return QuarantineRow(account_id, QUARANTINE_SOURCE, reason, payload, now)
+
+
+def _reason_unusable(event: WebhookEvent) -> str | None:
+    if not event.event_id:
+        return f"{event.kind} event has no id"
+    if len(event.kind) > _KIND_WIDTH:
+        return f"event kind {event.kind!r} is longer than the inbox's {_KIND_WIDTH} characters"
+    if len(event.event_id) > _EVENT_ID_WIDTH:
+        return f"event id is longer than the inbox's {_EVENT_ID_WIDTH} characters"
+    return None
+
+
+def rows_for_events(
+    events: Iterable[WebhookEvent], account_for: AccountLookup, now: datetime
+) -> tuple[list[InboxRow], list[QuarantineRow]]:
+    """Split ``events`` into rows to insert and rows to quarantine, in order."""
+    rows: list[InboxRow] = []
+    quarantined: list[QuarantineRow] = []
+    for event in events:
+        pnid = event.phone_number_id
+        if not pnid:
+            quarantined.append(
+                _quarantine(event, None, f"{event.kind} event has no phone_number_id", now)
+            )
+            continue
+        account_id = account_for(pnid)
+        if account_id is None:
+            reason = f"phone_number_id {pnid} is not registered to any account"
+            quarantined.append(_quarantine(event, None, reason, now))
+            continue
+        unusable = _reason_unusable(event)
+        if unusable is not None:
+            quarantined.append(_quarantine(event, account_id, unusable, now))
+            continue
+        assert event.event_id is not None  # checked by _reason_unusable
+        payload = orjson.dumps(event.payload).decode()
+        rows.append(InboxRow(account_id, PROVIDER, event.kind, event.event_id, payload, now))
+    return rows, quarantined
