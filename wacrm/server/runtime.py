@@ -9,22 +9,58 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from wacrm.config import ConfigError, Settings, load_settings
+from wacrm.connectors.base import CrmConnector
+from wacrm.connectors.local import LocalConnector
+from wacrm.rules.auto_reply import AutoReplies
 from wacrm.server.app import WacrmApp, create_app, require_webhook_secrets
 from wacrm.store import create_store_engine, migrate
 from wacrm.store.accounts import ensure_account, register_number
+from wacrm.store.schema import accounts
 from wacrm.workers.base import Worker
+from wacrm.workers.crm_outbox import CrmOutboxWorker
+from wacrm.workers.inbox import InboxProcessor
+from wacrm.workers.whatsapp_outbox import WhatsAppOutboxWorker
 
 BuildWorkers = Callable[[Settings, Engine], Sequence[Worker]]
 
 
+def connector_for(engine: Engine) -> Callable[[int], CrmConnector]:
+    """The CRM connector of each account, by the account's ``crm`` (cached per account)."""
+    cache: dict[int, CrmConnector] = {}
+
+    def get(account_id: int) -> CrmConnector:
+        if account_id not in cache:
+            with engine.connect() as conn:
+                crm = conn.execute(
+                    select(accounts.c.crm).where(accounts.c.id == account_id)
+                ).scalar()
+            if crm is None:
+                raise ConfigError(f"account {account_id} does not exist")
+            if crm != "local":
+                raise ConfigError(f"account {account_id}: CRM {crm!r} has no connector yet")
+            cache[account_id] = LocalConnector(engine, account_id)
+        return cache[account_id]
+
+    return get
+
+
 def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
-    """The background workers each server process runs. None yet: wire them in here."""
-    return ()
+    """The background workers each server process runs: the inbox processor feeds the
+    WhatsApp and CRM outboxes, and wakes them when it has committed work for them."""
+    whatsapp = WhatsAppOutboxWorker.from_settings(engine, settings)
+    crm = CrmOutboxWorker(engine, connector_for(engine))
+    replies = AutoReplies.load(
+        Path(settings.rules_dir) / "auto_replies.yaml" if settings.rules_dir else None,
+        variables={"price_list": settings.price_list_text},
+    )
+    inbox = InboxProcessor(engine, settings, replies=replies, downstream=(whatsapp.wake, crm.wake))
+    return (inbox, whatsapp, crm)
 
 
 def open_store(settings: Settings) -> Engine:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,10 +75,13 @@ class InboxProcessor:
         status_retries: int = 20,
         status_grace: timedelta = timedelta(minutes=2),
         store_retries: int = 5,
+        downstream: Sequence[Callable[[], None]] = (),
     ) -> None:
         """``status_retries``/``status_grace``: a status whose message is unknown stays
         pending until it was tried that often *and* is that old, then is kept as an orphan.
-        ``store_retries``: database failures on one row before it is quarantined."""
+        ``store_retries``: database failures on one row before it is quarantined.
+        ``downstream``: called after a pass that finished rows (the outbox workers' ``wake``),
+        so a reply leaves now rather than at the sender's next poll."""
         self._engine = engine
         self._settings = settings
         self._replies = replies
@@ -88,6 +91,7 @@ class InboxProcessor:
         self._status_retries = status_retries
         self._status_grace = status_grace
         self._store_retries = store_retries
+        self._downstream = tuple(downstream)
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -122,6 +126,9 @@ class InboxProcessor:
                 await _wait_any(stop, timeout=min(self._poll_seconds * 2**failures, 30.0))
                 continue
             failures = 0
+            if finished:
+                for wake in self._downstream:
+                    wake()
             if finished < _PASS_LIMIT:  # else there is more right now: no wait
                 await _wait_any(wakeup, stop, timeout=self._poll_seconds)
 
