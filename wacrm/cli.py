@@ -59,6 +59,530 @@ def cli() -> None:
 # --- subcommands are added below, one block per room -------------------------------------
 
 
+# server: uvicorn and starlette are imported inside the command, not at `wacrm --help`.
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on; default: WACRM_HOST.")
+@click.option("--port", type=int, default=None, help="Port to listen on; default: WACRM_PORT.")
+@click.option(
+    "--workers",
+    "processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes (each reads its settings from the environment).",
+)
+@click.pass_context
+@user_errors
+def serve(ctx: click.Context, host: str | None, port: int | None, processes: int) -> None:
+    """Receive WhatsApp webhooks and store them durably in the inbox."""
+    from dataclasses import replace
+
+    from wacrm.server.runtime import serve as run_server
+
+    settings = settings_from(ctx)
+    settings = replace(
+        settings,
+        host=host if host is not None else settings.host,
+        port=port if port is not None else settings.port,
+    )
+    run_server(settings, processes=processes)
+
+
+# phone: imports stay inside the commands so `wacrm --help` does not load phonenumbers.
+@cli.group()
+def phone() -> None:
+    """Phone numbers: normalise to E.164."""
+
+
+@phone.command("normalize")
+@click.argument("number", nargs=-1, required=True)
+@click.option(
+    "--region",
+    metavar="CC",
+    help="Region (ISO 3166, e.g. GB) for national numbers; default: WACRM_DEFAULT_REGION.",
+)
+@click.option(
+    "--wa-id", "wa_id", is_flag=True, help="NUMBER is a WhatsApp id: country code and digits."
+)
+@click.pass_context
+def phone_normalize(
+    ctx: click.Context, number: tuple[str, ...], region: str | None, wa_id: bool
+) -> None:
+    """Print NUMBER in E.164 form, or say why it is not a valid number."""
+    from wacrm.phone import PhoneError, check_region, normalize, normalize_wa_id
+
+    raw = " ".join(number)  # `wacrm phone normalize +44 20 7946 0018` needs no quotes
+
+    if region is not None:
+        try:
+            region = check_region(region)
+        except PhoneError as exc:
+            raise UsageError(f"--region {exc}") from None
+    elif not wa_id:
+        setting = settings_from(ctx).default_region
+        try:
+            region = check_region(setting)
+        except PhoneError as exc:
+            raise UsageError(f"default_region setting (WACRM_DEFAULT_REGION) {exc}") from None
+    try:
+        click.echo(normalize_wa_id(raw) if wa_id else normalize(raw, region))
+    except PhoneError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# export
+@cli.command("export")
+@click.argument("obj", metavar="contacts|messages|tickets|tasks")
+@click.option("--format", "fmt", default="jsonl", show_default=True, help="Output format.")
+@click.option("--account", metavar="NAME", help="Export only this account (default: all).")
+@click.pass_context
+@user_errors
+def export_cmd(ctx: click.Context, obj: str, fmt: str, account: str | None) -> None:
+    """Print the store's contacts, messages, tickets or tasks, one JSON object per line."""
+    import os
+
+    from sqlalchemy.exc import OperationalError
+
+    from wacrm.export import FORMATS, ExportError, export_rows, write_jsonl
+    from wacrm.store import create_store_engine, migrate
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    engine = create_store_engine(settings_from(ctx).database_url)
+    out = sys.stdout.buffer
+    try:
+        migrate(engine)
+        write_jsonl(export_rows(engine, obj, account), out)
+        out.flush()
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
+        raise UsageError(f"cannot read the store: {reason}") from None
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        engine.dispose()
+
+
+# sandbox (WhatsApp): the `sandbox` group is shared with the CRM simulators, so it is found
+# or created here rather than declared twice.
+def _sandbox_cli_group() -> click.Group:
+    existing = cli.commands.get("sandbox")
+    if isinstance(existing, click.Group):
+        return existing
+    group = click.Group("sandbox", help="Run local simulators of the provider APIs.")
+    cli.add_command(group)
+    return group
+
+
+@_sandbox_cli_group().command("whatsapp")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8081, show_default=True, help="Port to listen on.")
+@click.option("--webhook-url", metavar="URL", help="Where to post signed status webhooks.")
+@click.option(
+    "--enforce-window/--no-enforce-window",
+    default=False,
+    show_default=True,
+    help="Fail free-form sends (131047) to users who have not written in 24 h.",
+)
+@click.pass_context
+@user_errors
+def sandbox_whatsapp(
+    ctx: click.Context, host: str, port: int, webhook_url: str | None, enforce_window: bool
+) -> None:
+    """Run a local WhatsApp Cloud API (send endpoint + status webhooks)."""
+    from wacrm.sandbox.whatsapp import (
+        DEFAULT_DISPLAY_NUMBER,
+        DEFAULT_PHONE_NUMBER_ID,
+        SandboxConfig,
+        serve_sandbox,
+    )
+
+    settings = settings_from(ctx)
+    missing = [
+        name
+        for name, value in (
+            ("WACRM_WHATSAPP_ACCESS_TOKEN", settings.whatsapp_access_token),
+            ("WACRM_WHATSAPP_APP_SECRET", settings.whatsapp_app_secret),
+        )
+        if not value
+    ]
+    if missing:
+        raise UsageError(f"set {' and '.join(missing)}: the sandbox checks and signs with them")
+    pnid = settings.whatsapp_phone_number_id or DEFAULT_PHONE_NUMBER_ID
+    numbers = {pnid: settings.whatsapp_display_phone_number or DEFAULT_DISPLAY_NUMBER}
+    config = SandboxConfig(
+        access_token=settings.whatsapp_access_token.reveal(),
+        app_secret=settings.whatsapp_app_secret.reveal(),
+        webhook_url=webhook_url,
+        phone_numbers=numbers,
+        enforce_window=enforce_window,
+    )
+    base = f"http://{host}:{port}"
+    click.echo(f"WhatsApp sandbox on {base}")
+    click.echo(f"  export WACRM_WHATSAPP_API_BASE_URL={base}")
+    click.echo(f"  phone number ids: {', '.join(config.phone_numbers)}")
+    click.echo(f"  status webhooks: {webhook_url or 'off (no --webhook-url)'}")
+    serve_sandbox(config, host=host, port=port)
+
+
+# send (WhatsApp outbox): one message now, stored so its status webhooks find it.
+@cli.command("send")
+@click.option("--to", "to", required=True, metavar="+E164", help="Recipient, with country code.")
+@click.option("--text", help="Free-form text (only within 24 h of the user's last message).")
+@click.option("--template", metavar="NAME", help="An approved template.")
+@click.option("--lang", default="en_US", show_default=True, help="Template language code.")
+@click.option("--param", "params", multiple=True, help="Template body parameter, in order.")
+@click.option("--media", metavar="FILE_OR_URL", help="A file to upload, or a public URL.")
+@click.option("--caption", help="Caption for --media.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to try.")
+@click.pass_context
+@user_errors
+def send_cmd(
+    ctx: click.Context,
+    to: str,
+    text: str | None,
+    template: str | None,
+    lang: str,
+    params: tuple[str, ...],
+    media: str | None,
+    caption: str | None,
+    timeout: float,
+) -> None:
+    """Send a WhatsApp message and print its provider message id."""
+    import httpx
+
+    from wacrm.server.runtime import ensure_default_account, open_store
+    from wacrm.whatsapp.meta_send import CloudApiClient, SendError
+    from wacrm.workers.whatsapp_send import build_body, send_now
+
+    settings = settings_from(ctx)
+    if not settings.whatsapp_phone_number_id or not settings.whatsapp_access_token:
+        raise UsageError("set WACRM_WHATSAPP_PHONE_NUMBER_ID and WACRM_WHATSAPP_ACCESS_TOKEN")
+    engine = open_store(settings)
+    try:
+        account_id = ensure_default_account(engine, settings)
+        with httpx.Client(timeout=30.0) as http:
+            client = CloudApiClient(settings, http=http)
+            try:
+                body, stored_text = build_body(
+                    to,
+                    client=client,
+                    phone_number_id=settings.whatsapp_phone_number_id,
+                    text=text,
+                    template=template,
+                    language=lang,
+                    params=params,
+                    media=media,
+                    caption=caption,
+                )
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            except SendError as exc:
+                raise click.ClickException(f"media upload failed: {exc.summary}") from None
+            outcome = send_now(
+                engine,
+                settings,
+                client,
+                body,
+                account_id=account_id,
+                text=stored_text,
+                timeout=timeout,
+            )
+    finally:
+        engine.dispose()
+    if outcome.state == "sent" and outcome.provider_message_id:
+        click.echo(outcome.provider_message_id)
+        return
+    if outcome.state == "failed":
+        raise click.ClickException(f"not sent: {outcome.error}")
+    raise click.ClickException(
+        f"not sent yet ({outcome.error}); message {outcome.message_id} stays queued for the "
+        "server's outbox worker"
+    )
+
+
+# rules: the engine and lingua load inside the commands, not at `wacrm --help`.
+@cli.group()
+def rules() -> None:
+    """Tagging and auto-reply rules: check files, try a message."""
+
+
+def _load_rules(ctx: click.Context, directory: str | None) -> Any:
+    from wacrm.rules.loader import load_rules, load_ruleset
+    from wacrm.rules.schema import RuleFileError
+
+    try:
+        if directory is not None:
+            return load_rules([directory])
+        return load_ruleset(settings_from(ctx).rules_dir or None)
+    except RuleFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@rules.command("check")
+@click.argument("directory", required=False, metavar="[DIR]")
+@click.pass_context
+def rules_check(ctx: click.Context, directory: str | None) -> None:
+    """Validate rule files and list their rules (default: shipped rules + WACRM_RULES_DIR)."""
+    from wacrm.rules.report import check_lines
+
+    for line in check_lines(_load_rules(ctx, directory)):
+        click.echo(line)
+
+
+@rules.command("test")
+@click.option("--phone", required=True, help="The sender, e.g. +966501234567.")
+@click.option("--message", required=True, help="The message text.")
+@click.option("--type", "message_type", default="text", show_default=True, help="Message type.")
+@click.option("--language", help="The contact's language (default: detect from the message).")
+@click.option("--unread", default=1, show_default=True, type=click.IntRange(min=0))
+@click.option("--dir", "directory", help="Rule directory to use instead of the configured rules.")
+@click.pass_context
+def rules_test(
+    ctx: click.Context,
+    phone: str,
+    message: str,
+    message_type: str,
+    language: str | None,
+    unread: int,
+    directory: str | None,
+) -> None:
+    """Show which rules a message would fire, in order, and what each would do (changes
+    nothing)."""
+    from datetime import UTC, datetime
+
+    from wacrm.model import MessageType
+    from wacrm.phone import PhoneError, normalize
+    from wacrm.rules.language import LanguageDetector
+    from wacrm.rules.report import trial, trial_lines
+
+    settings = settings_from(ctx)
+    try:
+        e164 = normalize(phone, settings.default_region or None)
+    except PhoneError as exc:
+        raise UsageError(f"--phone {exc}") from None
+    mtype = MessageType.parse(message_type.lower())
+    if mtype is MessageType.UNKNOWN and message_type.lower() != "unknown":
+        raise UsageError(f"--type {message_type!r} is not a WhatsApp message type")
+    ruleset = _load_rules(ctx, directory)
+    result = trial(
+        ruleset,
+        phone=e164,
+        message=message,
+        message_type=mtype,
+        now=datetime.now(UTC),
+        values={"price_list": settings.price_list_text},
+        language=language,
+        detector=None if language else LanguageDetector(),
+        unread=unread,
+    )
+    for line in trial_lines(result):
+        click.echo(line)
+
+
+# sync: both directions between the store and each account's CRM.
+def _sync_target(simulator: str | None, max_batch: int, rate: str, timeout: float) -> Any:
+    from wacrm.sync.commands import SimulatorTarget, parse_rate
+
+    if simulator is None:
+        return None
+    try:
+        return SimulatorTarget(simulator, max_batch, parse_rate(rate), timeout)
+    except ValueError as exc:
+        raise UsageError(f"--rate-limit: {exc}") from None
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--once", is_flag=True, help="Run one sync (both directions) and exit.")
+@click.option("--simulator", metavar="URL", help="Sync every account against the CRM simulator.")
+@click.option(
+    "--max-batch",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The simulator's batch maximum.",
+)
+@click.option(
+    "--rate-limit",
+    "rate",
+    default="110/10",
+    show_default=True,
+    metavar="N/S",
+    help="The simulator's rate limit: N requests per S seconds.",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds to wait for one CRM answer.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Draw a progress bar (default: when the output is a terminal).",
+)
+@click.pass_context
+@user_errors
+def sync(
+    ctx: click.Context,
+    once: bool,
+    simulator: str | None,
+    max_batch: int,
+    rate: str,
+    timeout: float,
+    progress: bool | None,
+) -> None:
+    """Sync contacts, tickets and tasks with the CRM: `--once`, or loop until interrupted."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import asyncio
+    import contextlib
+
+    from rich.console import Console
+
+    from wacrm.store import create_store_engine, migrate
+    from wacrm.sync.commands import build_sync, report_lines, run_once
+
+    target = _sync_target(simulator, max_batch, rate, timeout)
+    engine = create_store_engine(settings_from(ctx).database_url)
+    try:
+        migrate(engine)
+        if once:
+            console = Console(stderr=True)
+            draw = console.is_terminal if progress is None else progress
+            report = run_once(engine, target, console if draw else None)
+            for line in report_lines(report):
+                click.echo(line)
+            if report.errors:
+                ctx.exit(1)
+            return
+        from wacrm.sync.worker import SyncWorker
+
+        worker = SyncWorker(build_sync(engine, target))
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(worker.run(asyncio.Event()))
+    finally:
+        engine.dispose()
+
+
+@sync.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+@user_errors
+def sync_status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Cursors, queue depth, last errors and dead letters."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from wacrm.store import create_store_engine, migrate
+    from wacrm.sync.commands import status_tables
+    from wacrm.sync.status import sync_status
+
+    engine = create_store_engine(settings_from(ctx).database_url)
+    try:
+        migrate(engine)
+        status = sync_status(engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(status.to_json())
+        return
+    console = Console()
+    for table in status_tables(status):
+        console.print(table)
+
+
+@_sandbox_cli_group().command("crm")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
+@click.option("--port", type=int, default=8082, show_default=True, help="Port to listen on.")
+@click.option("--max-batch", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--rate-limit", "rate", default="110/10", show_default=True, metavar="N/S")
+@click.option(
+    "--fault-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of calls answered 429/500/503, timed out or reset.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the fault generator.")
+@click.option("--webhook-url", metavar="URL", help="Where to post change webhooks.")
+def sandbox_crm(
+    host: str,
+    port: int,
+    max_batch: int,
+    rate: str,
+    fault_rate: float,
+    seed: int,
+    webhook_url: str | None,
+) -> None:
+    """Run the HubSpot-like CRM simulator (batch upsert, search, 429s, faults, webhooks)."""
+    from wacrm.sandbox.crm_app import main as simulator_main
+    from wacrm.sync.commands import parse_rate
+
+    try:
+        limit = parse_rate(rate)
+    except ValueError as exc:
+        raise UsageError(f"--rate-limit: {exc}") from None
+    argv = [
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--rate-limit",
+        str(limit.requests),
+        "--window",
+        str(limit.per_seconds),
+        "--fault-rate",
+        str(fault_rate),
+        "--seed",
+        str(seed),
+    ]
+    simulator_main(argv + (["--webhook-url", webhook_url] if webhook_url else []))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for every message to pass.",
+)
+@user_errors
+def demo(as_json: bool, timeout: float) -> None:
+    """Send the five test messages through the whole path on loopback; exit 0 only if all pass."""
+    from wacrm.demo import render_table, run_demo
+
+    checks = run_demo(timeout=timeout)
+    passed = sum(c.passed for c in checks)
+    if as_json:
+        import orjson
+
+        click.echo(
+            orjson.dumps(
+                {"passed": passed, "total": len(checks), "messages": [c.as_dict() for c in checks]}
+            ).decode()
+        )
+    else:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:  # piped or in CI: don't squeeze the table into 80 columns
+            console = Console(width=140)
+        console.print(render_table(checks))
+        console.print(f"{passed}/{len(checks)} passed")
+    if passed != len(checks):
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="wacrm", standalone_mode=True)
 

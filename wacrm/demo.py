@@ -11,6 +11,8 @@ from __future__ import annotations
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +24,7 @@ from sqlalchemy import Engine, select
 
 from wacrm.config import Secret, Settings
 from wacrm.demo_messages import TEST_MESSAGES, TestMessage, envelope
-from wacrm.sandbox.whatsapp import SandboxConfig, create_sandbox_app
+from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox, create_sandbox_app
 from wacrm.server.background import BackgroundServer
 from wacrm.server.runtime import build_app
 from wacrm.store import create_store_engine
@@ -86,7 +88,9 @@ def _observe(engine: Engine, check: Check, posted_at: datetime) -> None:
             )
         }
         contact = crm_keys.get(("contacts", contact_record_key(check.phone, None)))
-        check.contact_updated = bool(contact) and int(contact.get("whatsapp_unread_count") or 0) > 0
+        check.contact_updated = (
+            contact is not None and int(contact.get("whatsapp_unread_count") or 0) > 0
+        )
         check.ticket_opened = ("tickets", ticket_record_key(check.wamid)) in crm_keys
         inbound_id = conn.execute(
             select(messages.c.id).where(
@@ -106,51 +110,73 @@ def _observe(engine: Engine, check: Check, posted_at: datetime) -> None:
         check.latency_ms = max(0.0, (reply.sent_at - posted_at).total_seconds() * 1000)
 
 
-def run_demo(timeout: float = 30.0, workdir: Path | None = None) -> list[Check]:
-    """Run the five-message check; returns one :class:`Check` per message."""
-    with tempfile.TemporaryDirectory(prefix="wacrm-demo-") as tmp:
-        root = workdir or Path(tmp)
-        app_secret, token = secrets.token_hex(16), secrets.token_hex(24)
-        server, sandbox = BackgroundServer(), BackgroundServer()
-        settings = replace(
-            Settings(),
-            database_url=f"sqlite:///{root / 'wacrm-demo.db'}",
-            whatsapp_app_secret=Secret(app_secret),
-            whatsapp_verify_token=Secret(secrets.token_hex(8)),
-            whatsapp_access_token=Secret(token),
-            whatsapp_api_base_url=sandbox.url,
-            whatsapp_phone_number_id=PHONE_NUMBER_ID,
-            whatsapp_display_phone_number=DISPLAY_NUMBER,
-            media_dir=str(root / "media"),
-        )
-        sandbox_config = SandboxConfig(
+@dataclass(frozen=True)
+class Stack:
+    """A running server + sandbox pair and a reader on their store."""
+
+    engine: Engine
+    server_url: str
+    app_secret: str
+    sandbox: WhatsAppSandbox
+
+
+@contextmanager
+def running_stack(root: Path) -> Iterator[Stack]:
+    """The real server (with its workers) and the Cloud API sandbox on loopback ports."""
+    app_secret, token = secrets.token_hex(16), secrets.token_hex(24)
+    server, sandbox = BackgroundServer(), BackgroundServer()
+    settings = replace(
+        Settings(),
+        database_url=f"sqlite:///{root / 'wacrm-demo.db'}",
+        whatsapp_app_secret=Secret(app_secret),
+        whatsapp_verify_token=Secret(secrets.token_hex(8)),
+        whatsapp_access_token=Secret(token),
+        whatsapp_api_base_url=sandbox.url,
+        whatsapp_phone_number_id=PHONE_NUMBER_ID,
+        whatsapp_display_phone_number=DISPLAY_NUMBER,
+        media_dir=str(root / "media"),
+    )
+    sandbox_app = create_sandbox_app(
+        SandboxConfig(
             access_token=token,
             app_secret=app_secret,
             webhook_url=f"{server.url}/webhooks/whatsapp",
             phone_numbers={PHONE_NUMBER_ID: DISPLAY_NUMBER},
             status_delays={"sent": 0.0, "delivered": 0.2, "read": 0.5},
         )
-        app = build_app(settings)
-        engine = create_store_engine(settings.database_url)  # the demo's own reader
-        try:
-            sandbox.start(create_sandbox_app(sandbox_config))
-            server.start(app)
-            return _exercise(engine, server.url, app_secret, TEST_MESSAGES, timeout)
-        finally:
-            server.stop()
-            sandbox.stop()
-            engine.dispose()
+    )
+    app = build_app(settings)
+    engine = create_store_engine(settings.database_url)  # the caller's own reader
+    try:
+        sandbox.start(sandbox_app)
+        server.start(app)
+        yield Stack(engine, server.url, app_secret, sandbox_app.state.sandbox)
+    finally:
+        server.stop()
+        sandbox.stop()
+        engine.dispose()
 
 
-def _exercise(
-    engine: Engine,
-    base_url: str,
-    app_secret: str,
-    tests: tuple[TestMessage, ...],
-    timeout: float,
-) -> list[Check]:
+def run_demo(timeout: float = 30.0) -> list[Check]:
+    """Run the five-message check; returns one :class:`Check` per message."""
+    with (
+        tempfile.TemporaryDirectory(prefix="wacrm-demo-") as tmp,
+        running_stack(Path(tmp)) as stack,
+    ):
+        return _exercise(stack, TEST_MESSAGES, timeout)
+
+
+def post_signed(http: httpx.Client, raw: bytes, app_secret: str) -> httpx.Response:
+    return http.post(
+        "/webhooks/whatsapp",
+        content=raw,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, app_secret)},
+    )
+
+
+def _exercise(stack: Stack, tests: tuple[TestMessage, ...], timeout: float) -> list[Check]:
     checks: list[tuple[Check, datetime]] = []
-    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+    with httpx.Client(base_url=stack.server_url, timeout=10.0) as http:
         for test in tests:
             body = envelope(
                 test, phone_number_id=PHONE_NUMBER_ID, display_phone_number=DISPLAY_NUMBER
@@ -159,21 +185,13 @@ def _exercise(
             wamid = body["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
             check = Check(label=test.label, phone=test.phone, wamid=wamid)
             posted_at = datetime.now().astimezone()
-            response = http.post(
-                "/webhooks/whatsapp",
-                content=raw,
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Hub-Signature-256": sign(raw, app_secret),
-                },
-            )
-            check.http_status = response.status_code
+            check.http_status = post_signed(http, raw, stack.app_secret).status_code
             checks.append((check, posted_at))
     deadline = time.monotonic() + timeout
     while True:
         for check, posted_at in checks:
             if not check.passed:
-                _observe(engine, check, posted_at)
+                _observe(stack.engine, check, posted_at)
         if all(c.passed for c, _ in checks) or time.monotonic() > deadline:
             return [c for c, _ in checks]
         time.sleep(0.1)
