@@ -7,15 +7,17 @@ that arrived while the previous commit was in flight and commits them together.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Dialect, Engine
 
 from wacrm.store.schema import inbox, quarantine
 
@@ -39,27 +41,60 @@ class QuarantineRow:
     created_at: datetime
 
 
+_INBOX_COLUMNS = "account_id, provider, kind, event_id, payload, state, attempts, received_at"
+# Rows per INSERT statement, largest first: a group is cut into chunks of these sizes, so only
+# a handful of distinct statements exist and the driver's statement cache keeps them compiled.
+_CHUNKS = (256, 64, 16, 4, 1)
+
+
+def _insert_sql(dialect: Dialect, count: int) -> str:
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    one = f"({mark}, {mark}, {mark}, {mark}, {mark}, 'pending', 0, {mark})"
+    return (
+        f"INSERT INTO {inbox.name} ({_INBOX_COLUMNS}) VALUES {', '.join([one] * count)} "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
+def _inbox_params(dialect: Dialect, rows: Sequence[InboxRow]) -> list[Any]:
+    """One flat parameter list, six values per row, in column order."""
+    to_db = inbox.c.received_at.type.bind_processor(dialect)
+    # Rows of one request share their receive time: convert each distinct value once.
+    stamps: dict[datetime, Any] = {}
+    params: list[Any] = []
+    for r in rows:
+        stamp = stamps.get(r.received_at)
+        if stamp is None:
+            stamp = stamps[r.received_at] = to_db(r.received_at) if to_db else r.received_at
+        params += (r.account_id, r.provider, r.kind, r.event_id, r.payload, stamp)
+    return params
+
+
+def _insert_inbox(cursor: Any, dialect: Dialect, rows: Sequence[InboxRow]) -> None:
+    params = _inbox_params(dialect, rows)
+    done = 0
+    for size in _CHUNKS:
+        while len(rows) - done >= size:
+            cursor.execute(_insert_sql(dialect, size), params[done * 6 : (done + size) * 6])
+            done += size
+
+
 def insert_inbox_rows(conn: Connection, rows: Sequence[InboxRow]) -> None:
-    """Insert rows, ignoring those whose event is already in the inbox (a redelivery)."""
+    """Insert rows, ignoring those whose event is already in the inbox (a redelivery).
+
+    This is the ingest hot path, so it goes straight to the driver with multi-row ``VALUES``
+    statements: SQLAlchemy's per-row parameter handling cost more than the insert itself
+    (measured: ~23 % of a loaded server's samples), and one statement per chunk releases and
+    retakes the GIL once instead of once per row. ``ON CONFLICT DO NOTHING`` (without a
+    target) is the same statement on SQLite and PostgreSQL.
+    """
     if not rows:
         return
-    values = [
-        {
-            "account_id": r.account_id,
-            "provider": r.provider,
-            "kind": r.kind,
-            "event_id": r.event_id,
-            "payload": r.payload,
-            "received_at": r.received_at,
-            "state": "pending",
-            "attempts": 0,
-        }
-        for r in rows
-    ]
-    if conn.dialect.name == "postgresql":
-        conn.execute(postgresql.insert(inbox).on_conflict_do_nothing(), values)
-    else:
-        conn.execute(sqlite.insert(inbox).on_conflict_do_nothing(), values)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        _insert_inbox(cursor, conn.dialect, rows)
+    finally:
+        cursor.close()
 
 
 def insert_quarantine_rows(conn: Connection, rows: Sequence[QuarantineRow]) -> None:
@@ -83,7 +118,18 @@ def insert_quarantine_rows(conn: Connection, rows: Sequence[QuarantineRow]) -> N
 class _Job:
     rows: Sequence[InboxRow]
     quarantined: Sequence[QuarantineRow]
-    done: Future[None]
+    done: Future[None] | None = None  # from submit()
+    waiter: asyncio.Future[None] | None = None  # from submit_async()
+
+
+def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    """On the event loop: resolve every waiter of one group (cancelled ones gave up)."""
+    for waiter in waiters:
+        if not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
 
 class GroupCommitWriter:
@@ -114,11 +160,29 @@ class GroupCommitWriter:
     def submit(
         self, rows: Sequence[InboxRow], quarantined: Sequence[QuarantineRow] = ()
     ) -> Future[None]:
+        """From any thread: a future resolved (or failed) once the rows are committed."""
         if self._thread is None:
             raise RuntimeError("GroupCommitWriter.start() was not called")
-        job = _Job(rows, quarantined, Future())
+        job = _Job(rows, quarantined, done=Future())
         self._queue.put(job)
+        assert job.done is not None
         return job.done
+
+    def submit_async(
+        self, rows: Sequence[InboxRow], quarantined: Sequence[QuarantineRow] = ()
+    ) -> asyncio.Future[None]:
+        """From the event loop: like :meth:`submit`, for the webhook hot path.
+
+        The writer wakes the loop once per committed group and resolves all of that group's
+        futures there, instead of one thread-safe callback per request (measured: the
+        per-request hand-off cost more than the insert). Cancelling the returned future only
+        stops waiting: the rows are still written, and a redelivery is a harmless duplicate.
+        """
+        if self._thread is None:
+            raise RuntimeError("GroupCommitWriter.start() was not called")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Job(rows, quarantined, waiter=waiter))
+        return waiter
 
     def _run(self) -> None:
         while True:
@@ -142,19 +206,34 @@ class GroupCommitWriter:
             if stop:
                 return
 
-    def _commit(self, group: Iterable[_Job]) -> None:
+    def _commit(self, jobs: list[_Job]) -> None:
         # A waiter that gave up (cancelled) must not kill this thread when its result is set;
         # its rows are still written: the provider's retry is then a harmless duplicate.
-        jobs = list(group)
-        waiting = [j for j in jobs if j.done.set_running_or_notify_cancel()]
+        waiting = [j.done for j in jobs if j.done is not None]
+        waiting = [f for f in waiting if f.set_running_or_notify_cancel()]
+        error: Exception | None = None
         try:
             with self._engine.begin() as conn:
                 insert_inbox_rows(conn, [r for j in jobs for r in j.rows])
                 insert_quarantine_rows(conn, [q for j in jobs for q in j.quarantined])
         except Exception as exc:  # every waiter learns the group failed
-            for job in waiting:
-                job.done.set_exception(exc)
-            return
-        self.commits += 1
-        for job in waiting:
-            job.done.set_result(None)
+            error = exc
+        else:
+            self.commits += 1
+        for future in waiting:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        self._wake_loops(jobs, error)
+
+    @staticmethod
+    def _wake_loops(jobs: list[_Job], error: Exception | None) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for job in jobs:
+            if job.waiter is not None:
+                by_loop.setdefault(job.waiter.get_loop(), []).append(job.waiter)
+        for loop, waiters in by_loop.items():
+            # The loop may have closed while we committed: nobody is left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, waiters, error)

@@ -95,7 +95,8 @@ inbox = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
     Column("provider", String(20), nullable=False),
-    Column("kind", String(20), nullable=False),  # message | status
+    # message | status | error | field:<name> (Meta field names run to 30+ characters)
+    Column("kind", String(64), nullable=False),
     Column("event_id", String(255), nullable=False),
     Column("payload", Text, nullable=False),  # JSON of the element plus its envelope context
     Column("state", String(20), nullable=False, server_default="pending"),
@@ -217,6 +218,9 @@ wa_outbox = Table(
     Column("phone_number_id", String(64), nullable=False),
     Column("recipient", String(64), nullable=False),
     Column("request", Text, nullable=False),  # JSON body for the provider's send API
+    # JSON template body sent instead when ``request`` is free-form and the user's 24 h
+    # customer-service window is closed (131047); NULL: no fallback, the send fails.
+    Column("fallback_request", Text),
     Column("state", String(16), nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     _ts("next_attempt_at", nullable=False),
@@ -298,3 +302,35 @@ local_crm_properties = Table(
     Column("type", String(40), nullable=False),
     Column("options", Text, nullable=False, server_default="[]"),
 )
+
+# Each time a rule fired, keyed so that it fires once per event or episode: re-running the
+# engine (a restart, a redelivered webhook, the next timer tick) finds the row and does nothing.
+rule_firings = Table(
+    "rule_firings",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("rule", String(120), nullable=False),
+    Column("firing_key", String(255), nullable=False),
+    Column("contact_id", Id, ForeignKey("contacts.id")),
+    Column("message_id", Id),  # messages.id the firing is about (the no-reply episode start)
+    _ts("fired_at", nullable=False),
+    UniqueConstraint("account_id", "rule", "firing_key", name="uq_rule_firings_key"),
+)
+Index("ix_rule_firings_message", rule_firings.c.rule, rule_firings.c.message_id)
+
+# Events that rules emit for REST-hook subscribers; delivery reads them in id order.
+rule_events = Table(
+    "rule_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("contact_id", Id, ForeignKey("contacts.id")),
+    Column("rule", String(120), nullable=False),
+    Column("name", String(80), nullable=False),
+    Column("payload", Text, nullable=False),
+    _ts("created_at", nullable=False),
+)
+Index("ix_rule_events_account", rule_events.c.account_id, rule_events.c.id)
+# The rule timer scans recent inbound messages for unanswered conversations.
+Index("ix_messages_direction_created", messages.c.direction, messages.c.created_at)

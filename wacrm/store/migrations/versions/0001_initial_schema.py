@@ -130,7 +130,7 @@ def upgrade() -> None:
             "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("provider", sa.String(length=20), nullable=False),
-        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("event_id", sa.String(length=255), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("state", sa.String(length=20), server_default="pending", nullable=False),
@@ -353,6 +353,7 @@ def upgrade() -> None:
         sa.Column("phone_number_id", sa.String(length=64), nullable=False),
         sa.Column("recipient", sa.String(length=64), nullable=False),
         sa.Column("request", sa.Text(), nullable=False),
+        sa.Column("fallback_request", sa.Text(), nullable=True),
         sa.Column("state", sa.String(length=16), server_default="pending", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,374 @@
+"""The WhatsApp outbox worker: claims due ``wa_outbox`` rows, sends them, acts on errors.
+
+A row is claimed in a short transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` under an
+advisory lock, SQLite: ``BEGIN IMMEDIATE``) and leased by moving it to ``sending`` with
+``next_attempt_at`` = lease expiry; the HTTP call happens outside any transaction, so a slow
+Cloud API never holds a database lock (on SQLite that lock would stall the webhook inbox).
+A worker that dies mid-send leaves a lease that expires and the row is sent again: the Cloud
+API has no idempotency key, so that rare crash can duplicate one message, and nothing is lost.
+
+Meta's 200 means *accepted*: the message keeps status ``queued`` and gets its wamid and
+``sent_at``; status webhooks move it on. ``biz_opaque_callback_data`` carries the outbox id so
+a status can be correlated even if it races this commit.
+
+Order per recipient is kept: a row is not claimed while an earlier row to the same recipient
+waits, and a recipient held back in a batch holds its later rows too. Failures are handled by
+the table in :mod:`wacrm.whatsapp.errors`; see :meth:`WhatsAppOutboxWorker._on_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Engine
+
+from wacrm.config import Settings
+from wacrm.whatsapp.errors import SendAction
+from wacrm.whatsapp.meta_send import CloudApiClient, SendError
+from wacrm.whatsapp.pacing import PairLimiter, TokenBucket
+from wacrm.workers import whatsapp_queue as queue
+from wacrm.workers.whatsapp_policy import (
+    WINDOW,
+    OutboxPolicy,
+    StoppedTemplates,
+    backoff_seconds,
+    template_key,
+)
+from wacrm.workers.whatsapp_queue import Job, enqueue_send
+
+log = logging.getLogger(__name__)
+
+_THROTTLE_CODES = frozenset({4, 80007, 130429})  # app / WABA / number throughput
+
+__all__ = ["OutboxPolicy", "WhatsAppOutboxWorker", "enqueue_send"]
+
+
+class WhatsAppOutboxWorker:
+    """Implements :class:`wacrm.workers.base.Worker` for ``wa_outbox``."""
+
+    name = "whatsapp-outbox"
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        client: CloudApiClient,
+        *,
+        policy: OutboxPolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._client = client
+        self.policy = policy or OutboxPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self.halted: dict[str, str] = {}  # phone_number_id → why sending stopped (ops alert)
+        self._paused_until: dict[str, datetime] = {}  # phone_number_id → throttled until
+        self._all_paused_until: datetime | None = None  # credentials invalid
+        self._pair_hits: dict[tuple[str, str], int] = {}  # consecutive 131056 per recipient
+        self._buckets: dict[str, TokenBucket] = {}
+        self._pairs: dict[str, PairLimiter] = {}
+        self._stopped = StoppedTemplates()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._owned_http: httpx.Client | None = None
+
+    @classmethod
+    def from_settings(
+        cls, engine: Engine, settings: Settings, *, policy: OutboxPolicy | None = None
+    ) -> WhatsAppOutboxWorker:
+        """The worker the server runs: a Cloud API client on its own ``httpx.Client``
+        (closed by :meth:`close`), sending to ``settings.graph_url``."""
+        http = httpx.Client(timeout=30.0)
+        worker = cls(engine, settings, CloudApiClient(settings, http=http), policy=policy)
+        worker._owned_http = http
+        return worker
+
+    def close(self) -> None:
+        if self._owned_http is not None:
+            self._owned_http.close()
+            self._owned_http = None
+
+    # -- the Worker protocol ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        loop, event = self._loop, self._wake
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send whatever is due, then wait for :meth:`wake` or the poll interval."""
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        while not stop.is_set():
+            try:
+                done = await asyncio.to_thread(self.process_due)
+            except Exception:  # the database may be briefly away; never end the loop
+                log.exception("whatsapp outbox pass failed")
+                done = 0
+            if done:
+                continue
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            _, pending = await asyncio.wait(
+                waiters, timeout=self.policy.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            self._wake.clear()
+
+    def resume(self, phone_number_id: str | None = None) -> None:
+        """Ops fixed the account: send again from ``phone_number_id`` (or every number)."""
+        if phone_number_id is None:
+            self.halted.clear()
+            self._all_paused_until = None
+        else:
+            self.halted.pop(phone_number_id, None)
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def process_due(self) -> int:
+        """Claim and handle the rows due now; returns how many were handled."""
+        now = self._clock()
+        if self._all_paused_until is not None and now < self._all_paused_until:
+            return 0
+        jobs = self._claim(now)
+        held: dict[tuple[str, str], datetime] = {}  # recipients held back in this pass
+        for job in jobs:
+            try:
+                self._handle(job, held)
+            except Exception as exc:  # one bad row must not stop the others
+                log.exception("whatsapp outbox row %s could not be handled", job.id)
+                self._retry(job, f"internal error: {type(exc).__name__}", held)
+        return len(jobs)
+
+    def _blocked_numbers(self, now: datetime) -> list[str]:
+        paused = [pnid for pnid, until in self._paused_until.items() if until > now]
+        return sorted(set(self.halted) | set(paused))
+
+    def _claim(self, now: datetime) -> list[Job]:
+        return queue.claim(
+            self._engine,
+            now,
+            limit=self.policy.batch_size,
+            lease=self.policy.lease,
+            skip_numbers=self._blocked_numbers(now),
+        )
+
+    # -- one row ----------------------------------------------------------------------------
+
+    def _handle(self, job: Job, held: dict[tuple[str, str], datetime]) -> None:
+        now = self._clock()
+        if job.phone_number_id in self.halted:
+            self._release(job, now)  # not claimed again until resume()
+            return
+        paused = max(
+            self._paused_until.get(job.phone_number_id) or now, self._all_paused_until or now
+        )
+        if paused > now:  # throttled or credentials rejected earlier in this pass
+            self._release(job, paused)
+            return
+        if job.pair in held:  # an earlier message to this recipient is waiting: keep order
+            self._release(job, held[job.pair])
+            return
+        try:
+            body = orjson.loads(job.request)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self._fail(job, None, f"stored request is not usable: {exc}", "invalid request")
+            return
+        if body.get("type") != "template" and not self._in_window(job, now):
+            self._window_closed(job, body, held)
+            return
+        self._attempt(job, body, held)
+
+    def _attempt(
+        self, job: Job, body: dict[str, Any], held: dict[tuple[str, str], datetime]
+    ) -> None:
+        stopped = self._stopped.get(template_key(body), self._clock())
+        if stopped is not None:
+            self._fail(job, stopped.code, stopped.reason, stopped.title)
+            return
+        if not self._pace(job, held):
+            return
+        body = {**body, "biz_opaque_callback_data": str(job.id)}
+        try:
+            result = self._client.send(job.phone_number_id, body)
+        except SendError as exc:
+            self._on_error(job, body, exc, held)
+            return
+        self._pair_hits.pop(job.pair, None)
+        queue.mark_sent(self._engine, job, result.provider_message_id, self._clock())
+
+    def _pace(self, job: Job, held: dict[tuple[str, str], datetime]) -> bool:
+        """Wait for the number's mps token; hold the recipient if over the pair rate."""
+        now = self._clock()
+        ts = now.timestamp()
+        if self.policy.pair_limit:
+            pairs = self._pairs.setdefault(job.phone_number_id, PairLimiter())
+            wait = pairs.wait(job.recipient, ts)
+            if wait > 0:
+                until = now + timedelta(seconds=wait)
+                held[job.pair] = until
+                self._release(job, until)
+                return False
+            pairs.record(job.recipient, ts)
+        if self.policy.mps:
+            # Capacity 1: sends evenly spaced, so every 1 s window holds at most mps of
+            # them, however Meta draws its windows.
+            bucket = self._buckets.setdefault(
+                job.phone_number_id, TokenBucket(self.policy.mps, capacity=1.0)
+            )
+            wait = bucket.reserve(ts)
+            if wait > 0:
+                self._sleep(wait)  # at most a fraction of a second per message
+        return True
+
+    def _in_window(self, job: Job, now: datetime) -> bool:
+        if not self.policy.enforce_window:
+            return True
+        last = queue.last_inbound_at(self._engine, job)
+        return last is not None and now - last < WINDOW
+
+    def _window_closed(
+        self, job: Job, body: dict[str, Any], held: dict[tuple[str, str], datetime]
+    ) -> None:
+        """Free-form outside the 24 h window: Meta would answer 131047, so don't ask it."""
+        if job.fallback is None:
+            self._fail(
+                job,
+                131047,
+                "(#131047) more than 24 h since the user last wrote; only a template can be "
+                "sent and the rule gave none (refused locally)",
+                "Re-engagement message",
+            )
+            return
+        self._switch_to_template(job, held)
+
+    def _switch_to_template(self, job: Job, held: dict[tuple[str, str], datetime]) -> None:
+        assert job.fallback is not None
+        template = orjson.loads(job.fallback)
+        queue.use_fallback(self._engine, job)
+        log.info("outbox %s: 24 h window closed, sending the template fallback", job.id)
+        self._attempt(replace(job, request=job.fallback, fallback=None), template, held)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _on_error(
+        self,
+        job: Job,
+        body: dict[str, Any],
+        exc: SendError,
+        held: dict[tuple[str, str], datetime],
+    ) -> None:
+        now = self._clock()
+        action = exc.action
+        log.warning("outbox %s to number %s: %s", job.id, job.phone_number_id, exc.summary)
+        if action is SendAction.RETRY_BACKOFF:
+            delay = exc.retry_after
+            if delay is None:
+                delay = backoff_seconds(job.attempts + 1, self.policy, self._jitter())
+            if exc.code in _THROTTLE_CODES:  # the whole number is over its budget
+                self._paused_until[job.phone_number_id] = now + timedelta(seconds=delay)
+            self._retry(job, exc.summary, held, delay=delay, code=exc.code, title=exc.title)
+        elif action is SendAction.DELAY_RECIPIENT:
+            hits = self._pair_hits.get(job.pair, 0) + 1
+            self._pair_hits[job.pair] = hits
+            delay = exc.retry_after or min(self.policy.pair_delay_cap, 4.0**hits)
+            self._pairs.setdefault(job.phone_number_id, PairLimiter()).hold(
+                job.recipient, now.timestamp() + delay
+            )
+            self._retry(
+                job, exc.summary, held, delay=delay, code=exc.code, title=exc.title, count=False
+            )
+        elif action is SendAction.SWITCH_TO_TEMPLATE and job.fallback is not None:
+            self._switch_to_template(job, held)
+        elif action is SendAction.WAIT_24H:
+            self._retry(
+                job, exc.summary, held, delay=WINDOW.total_seconds(), code=exc.code, title=exc.title
+            )
+        elif action is SendAction.REFRESH_CREDENTIALS:
+            self._all_paused_until = now + self.policy.credentials_pause
+            log.error(
+                "WhatsApp access token rejected (%s); sending paused for %s: set a valid "
+                "WACRM_WHATSAPP_ACCESS_TOKEN",
+                exc.summary,
+                self.policy.credentials_pause,
+            )
+            self._release(job, self._all_paused_until)
+        elif action is SendAction.HALT_ALERT:
+            self.halted[job.phone_number_id] = exc.summary
+            log.critical(
+                "ALERT: sending from WhatsApp number %s halted: %s. %s",
+                job.phone_number_id,
+                exc.summary,
+                exc.rule.explanation,
+            )
+            self._release(job, now)
+        else:  # permanent: fix the request, flag the contact, stop the template, no window
+            if action is SendAction.STOP_TEMPLATE:
+                self._stopped.stop(template_key(body), exc, now + self.policy.template_pause)
+            self._fail(
+                job,
+                exc.code,
+                exc.summary,
+                exc.title,
+                flag=action is SendAction.NEVER_RETRY_FLAG_CONTACT,
+            )
+
+    def _release(self, job: Job, at: datetime) -> None:
+        queue.release(self._engine, job, at)
+
+    def _retry(
+        self,
+        job: Job,
+        error: str,
+        held: dict[tuple[str, str], datetime],
+        *,
+        delay: float | None = None,
+        code: int | None = None,
+        title: str | None = None,
+        count: bool = True,
+    ) -> None:
+        """Try again after ``delay`` (backoff by default), within the attempt and age bounds;
+        the recipient's later messages wait behind it."""
+        now = self._clock()
+        attempts = job.attempts + 1
+        if delay is None:
+            delay = backoff_seconds(attempts, self.policy, self._jitter())
+        too_many = count and attempts >= self.policy.max_attempts
+        if too_many or now - job.created_at > self.policy.max_age:
+            why = f"{attempts} attempts" if too_many else f"older than {self.policy.max_age}"
+            self._fail(job, code, f"gave up after {why}: {error}", title or "Send failed")
+            return
+        until = now + timedelta(seconds=delay)
+        held[job.pair] = until
+        queue.reschedule(self._engine, job, attempts=attempts, at=until, error=error)
+
+    def _fail(
+        self, job: Job, code: int | None, error: str, title: str, *, flag: bool = False
+    ) -> None:
+        queue.mark_failed(
+            self._engine, job, code=code, error=error, title=title, now=self._clock(), flag=flag
+        )
+        log.warning("outbox %s failed for good: %s", job.id, error)
