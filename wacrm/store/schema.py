@@ -334,3 +334,29 @@ rule_events = Table(
 Index("ix_rule_events_account", rule_events.c.account_id, rule_events.c.id)
 # The rule timer scans recent inbound messages for unanswered conversations.
 Index("ix_messages_direction_created", messages.c.direction, messages.c.created_at)
+
+# Inbound media (image, document, video, audio, sticker) fetched from the provider and kept
+# under ``settings.media_dir``: one row per message, retried with backoff until stored or
+# given up with the reason. The message itself is never held back by its attachment.
+media = Table(
+    "media",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("provider", String(20), nullable=False),
+    Column("provider_message_id", String(255), nullable=False),
+    Column("media_id", String(255)),
+    Column("mime_type", String(255)),
+    Column("sha256", String(128)),  # as announced in the webhook; checked against the bytes
+    Column("file_size", BigInteger),
+    Column("path", Text),  # relative to media_dir once stored
+    Column("state", String(16), nullable=False, server_default="pending"),  # stored | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    _ts("next_attempt_at", nullable=False),
+    Column("error", Text),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    UniqueConstraint("account_id", "provider_message_id", name="uq_media_message"),
+)
+Index("ix_media_due", media.c.state, media.c.next_attempt_at)
