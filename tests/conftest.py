@@ -53,6 +53,18 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    """A migrated PostgreSQL store, for behaviour only a server database has."""
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("WACRM_TEST_DATABASE_URL must be set in CI")
+        pytest.skip("WACRM_TEST_DATABASE_URL not set")
+    for eng in _pg_engine():
+        migrate(eng)
+        yield eng
+
+
+@pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     eng = create_store_engine(f"sqlite:///{tmp_path / 'wacrm.db'}")
     migrate(eng)

@@ -16,6 +16,7 @@ from typing import Any
 DEFAULT_DATABASE_FILE = "wacrm.db"
 DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
 DEFAULT_GRAPH_VERSION = "v25.0"
+DEFAULT_TWILIO_BASE_URL = "https://api.twilio.com"
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,14 @@ class Settings:
     account_name: str = "default"
     rules_dir: str = ""
     media_dir: str = "media"
+    # Twilio (WhatsApp through Twilio): inbound at POST /webhooks/twilio, sends via Messages.json.
+    twilio_account_sid: str = ""
+    twilio_auth_token: Secret = field(default_factory=lambda: Secret(""))
+    twilio_api_base_url: str = DEFAULT_TWILIO_BASE_URL
+    # The public base URL providers call (e.g. https://crm-hooks.example.com). Twilio signs the
+    # URL it called, which behind a proxy differs from what the server sees; empty: use the
+    # request's own Host and scheme.
+    public_url: str = ""
     max_body_bytes: int = 3 * 1024 * 1024
     price_list_text: str = (
         "Our price list: Starter 9.99 USD/month, Business 29 USD/month, "

@@ -146,6 +146,101 @@ class Location:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """One provider error (Meta ``errors[]`` element, or Twilio ``ErrorCode``/``ErrorMessage``).
+
+    Branch on ``code`` (and ``details``), never on the title: titles change, codes do not.
+    """
+
+    code: int | None
+    title: str | None = None
+    message: str | None = None
+    details: str | None = None
+    href: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Referral:
+    """Where a conversation started: a Click-to-WhatsApp ad or post (the CRM's lead source)."""
+
+    source_url: str | None = None
+    source_id: str | None = None
+    source_type: str | None = None  # ad | post | unknown values kept as sent
+    headline: str | None = None
+    body: str | None = None
+    media_type: str | None = None
+    image_url: str | None = None
+    video_url: str | None = None
+    thumbnail_url: str | None = None
+    ctwa_clid: str | None = None  # click id: ties the conversation to the ad click
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    """What a message refers to: the message it replies to, or that it was forwarded."""
+
+    message_id: str | None = None  # the replied-to message
+    from_id: str | None = None  # who sent the replied-to message
+    forwarded: bool = False
+    frequently_forwarded: bool = False
+    referred_product_id: str | None = None  # "message the business about this product"
+    catalog_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    message_id: str | None
+    emoji: str | None  # None: the reaction was removed
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceReply:
+    """A tap on a reply button, a list row, a template quick reply, or a completed flow."""
+
+    kind: str  # button_reply | list_reply | nfm_reply | button | unknown kinds as sent
+    id: str | None  # the id (payload) we gave the choice; None for a flow reply
+    title: str | None = None
+    description: str | None = None
+    response_json: str | None = None  # flow (nfm_reply) answers, as sent
+
+
+@dataclass(frozen=True, slots=True)
+class SharedContact:
+    """A contact card the user sent."""
+
+    formatted_name: str | None
+    phones: tuple[str, ...] = ()
+    wa_ids: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    organization: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderItem:
+    product_retailer_id: str | None
+    quantity: int | None
+    item_price: float | None
+    currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    catalog_id: str | None
+    text: str | None
+    items: tuple[OrderItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SystemChange:
+    """A ``system`` message: the user changed number or user id (no ``contacts`` arrive)."""
+
+    type: str  # user_changed_number | user_changed_user_id | … as sent
+    body: str | None = None
+    new_wa_id: str | None = None
+    new_user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
     """One element of ``value.messages[]`` (or a Twilio inbound form), provider-neutral."""
 
@@ -164,6 +259,16 @@ class InboundMessage:
     context_message_id: str | None = None
     referral: dict[str, Any] | None = None
     errors: tuple[dict[str, Any], ...] = ()
+    # Typed views of the parts above, and of the type-specific bodies (None when absent).
+    context: MessageContext | None = None
+    ad_referral: Referral | None = None
+    error_details: tuple[ErrorInfo, ...] = ()
+    reaction: Reaction | None = None
+    choice: ChoiceReply | None = None
+    shared_contacts: tuple[SharedContact, ...] = ()
+    order: Order | None = None
+    system: SystemChange | None = None
+    identity_key_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +284,10 @@ class StatusUpdate:
     timestamp: datetime
     errors: tuple[dict[str, Any], ...] = ()
     pricing: dict[str, Any] | None = None
+    recipient_user_id: str | None = None  # business-scoped user id (BSUID)
+    error_details: tuple[ErrorInfo, ...] = ()
+    biz_opaque_callback_data: str | None = None  # echoed from our send
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

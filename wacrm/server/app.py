@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from wacrm.config import ConfigError, Settings
 from wacrm.server.responses import Receive, Scope, Send, send_error
+from wacrm.server.twilio_webhook import TWILIO_WEBHOOK_PATH, TwilioWebhook
 from wacrm.server.whatsapp_webhook import MetaWebhook, describe_failure
 from wacrm.store.accounts import NumberDirectory
 from wacrm.store.inbox import GroupCommitWriter
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 WHATSAPP_WEBHOOK_PATH = "/webhooks/whatsapp"
 _WEBHOOK_PATHS = frozenset({WHATSAPP_WEBHOOK_PATH, WHATSAPP_WEBHOOK_PATH + "/"})
+_TWILIO_PATHS = frozenset({TWILIO_WEBHOOK_PATH, TWILIO_WEBHOOK_PATH + "/"})
 WORKER_STOP_TIMEOUT = 10.0
 
 
@@ -56,11 +58,13 @@ class WacrmApp:
         fallback: Starlette,
         writer: GroupCommitWriter,
         workers: Sequence[Worker],
+        twilio: TwilioWebhook | None = None,
     ) -> None:
         self.webhook = webhook
         self.fallback = fallback
         self.writer = writer
         self.workers = tuple(workers)
+        self.twilio = twilio
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in _WEBHOOK_PATHS:
@@ -70,6 +74,14 @@ class WacrmApp:
                 # A bug, not bad input; still answer JSON (and 5xx, so Meta retries). If the
                 # response had already started, the server closes the connection instead.
                 logger.exception("webhook handler failed")
+                with contextlib.suppress(Exception):
+                    await send_error(send, 500, "internal error; the webhook was not stored")
+            return
+        if self.twilio is not None and scope["type"] == "http" and scope["path"] in _TWILIO_PATHS:
+            try:
+                await self.twilio(scope, receive, send)
+            except Exception:
+                logger.exception("Twilio webhook handler failed")
                 with contextlib.suppress(Exception):
                     await send_error(send, 500, "internal error; the webhook was not stored")
             return
@@ -150,12 +162,21 @@ def create_app(
     """Build the app; raises :class:`ConfigError` when the webhook secrets are missing."""
     require_webhook_secrets(settings)
     writer = GroupCommitWriter(engine)
+    webhook_directory = directory or NumberDirectory(engine)
     webhook = MetaWebhook(
         app_secret=settings.whatsapp_app_secret,
         verify_token=settings.whatsapp_verify_token,
         max_body_bytes=settings.max_body_bytes,
         writer=writer,
-        directory=directory or NumberDirectory(engine),
+        directory=webhook_directory,
+        workers=workers,
+    )
+    twilio = TwilioWebhook(
+        auth_token=settings.twilio_auth_token,
+        public_url=settings.public_url,
+        max_body_bytes=settings.max_body_bytes,
+        writer=writer,
+        directory=webhook_directory,
         workers=workers,
     )
     fallback = Starlette(
@@ -163,4 +184,4 @@ def create_app(
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=_run_workers_lifespan(writer, workers),
     )
-    return WacrmApp(webhook, fallback, writer, workers)
+    return WacrmApp(webhook, fallback, writer, workers, twilio)

@@ -7,7 +7,6 @@ committed (invariant 1); anything the store cannot take is a 503, which Meta ret
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
@@ -136,10 +135,8 @@ class MetaWebhook:
             await send_error(send, 503, "the store is unavailable; the webhook was not stored")
             return
         try:
-            committed = asyncio.wrap_future(self._writer.submit(rows, quarantined))
-            # shield: a cancelled request must not cancel the writer's future (the writer
-            # would then fail to resolve it); the timeout bounds a stalled writer.
-            await asyncio.wait_for(asyncio.shield(committed), self._commit_timeout)
+            # The timeout bounds a stalled writer; giving up does not unwrite the rows.
+            await self._writer.submit_async(rows, quarantined, timeout=self._commit_timeout)
         except Exception as exc:
             logger.error(
                 "webhook with %d events not stored, answered 503: %s",
