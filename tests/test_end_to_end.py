@@ -53,6 +53,9 @@ def test_given_fresh_store_when_demo_runs_then_all_five_messages_pass() -> None:
     assert [c.label for c in checks] == ["text", "image", "document", "video", "location"]
     assert all(c.passed for c in checks), [c.as_dict() for c in checks]
     assert all(c.latency_ms is not None and c.latency_ms < 5000 for c in checks)
+    # The rules engine answers: the price list for the price question, an acknowledgement
+    # of the new ticket for the others.
+    assert [c.reply_rule for c in checks] == ["price-list"] + ["ticket-ack"] * 4
 
 
 def test_given_demo_command_when_run_with_json_then_reports_five_of_five() -> None:

@@ -1,4 +1,5 @@
-"""The inbox processor on both backends: inbound messages, duplicates, bad rows, statuses."""
+"""The inbox processor on both backends: inbound messages, rules, duplicates, bad rows,
+statuses."""
 
 from __future__ import annotations
 
@@ -13,14 +14,29 @@ import pytest
 from conftest import PHONE_NUMBER_ID
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
+from whatsapp_support import Clock as WaClock
+from whatsapp_support import Graph, make_worker
 
 from wacrm.config import Settings
-from wacrm.rules.auto_reply import AutoReplies
+from wacrm.rules.loader import load_ruleset
+from wacrm.rules.runtime import RuleRuntime
 from wacrm.store.inbox import InboxRow, insert_inbox_rows
-from wacrm.store.schema import contacts, crm_outbox, inbox, messages, quarantine, tickets, wa_outbox
+from wacrm.store.schema import (
+    contacts,
+    crm_outbox,
+    inbox,
+    messages,
+    quarantine,
+    rule_firings,
+    tasks,
+    tickets,
+    wa_outbox,
+)
 from wacrm.whatsapp.meta_webhook import split_envelope
 from wacrm.workers import inbox as inbox_module
+from wacrm.workers import whatsapp_queue
 from wacrm.workers.inbox import InboxProcessor
+from wacrm.workers.whatsapp_outbox import OutboxPolicy, WhatsAppOutboxWorker
 
 PRICE_LIST = "Starter 9.99 USD, Business 29 USD."
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -127,8 +143,14 @@ def processor(engine: Engine, clock: Clock) -> InboxProcessor:
 
 
 def make_processor(engine: Engine, clock: Clock, **kwargs: Any) -> InboxProcessor:
-    replies = AutoReplies.load(variables={"price_list": PRICE_LIST})
-    return InboxProcessor(engine, Settings(), replies=replies, clock=clock, **kwargs)
+    """With the shipped rules, as the server runs them (language detection aside: it has
+    tests of its own, and these assert replies in the default language)."""
+    rules = kwargs.pop("rules", None) or shipped_rules()
+    return InboxProcessor(engine, Settings(), rules=rules, clock=clock, **kwargs)
+
+
+def shipped_rules() -> RuleRuntime:
+    return RuleRuntime(load_ruleset(), values={"price_list": PRICE_LIST})
 
 
 def rows(engine: Engine, table: Any, *where: Any) -> list[Any]:
@@ -161,7 +183,7 @@ def test_given_text_price_when_processed_then_contact_ticket_reply_and_crm_chang
     assert (ticket.subject, ticket.source_message_id) == ("price?", "wamid.A1")
     inbound, reply = rows(engine, messages)
     assert (inbound.direction, inbound.status, inbound.type) == ("in", "received", "text")
-    assert (reply.direction, reply.status, reply.rule) == ("out", "queued", "price")
+    assert (reply.direction, reply.status, reply.rule) == ("out", "queued", "price-list")
     assert (reply.text, reply.in_reply_to, reply.contact_id) == (PRICE_LIST, inbound.id, contact.id)
     [send] = rows(engine, wa_outbox)
     assert (send.message_id, send.phone_number_id, send.state) == (
@@ -182,6 +204,7 @@ def test_given_text_price_when_processed_then_contact_ticket_reply_and_crm_chang
     changes = {(r.object, r.record_key): r for r in rows(engine, crm_outbox)}
     assert set(changes) == {("contacts", "+16315551234"), ("tickets", "wa:wamid.A1")}
     contact_change = orjson.loads(changes["contacts", "+16315551234"].payload)
+    # The mirror's fields and the rule's tag, coalesced into one CRM write.
     assert contact_change["properties"] == {
         "phone": "+16315551234",
         "wa_id": ALICE,
@@ -189,7 +212,9 @@ def test_given_text_price_when_processed_then_contact_ticket_reply_and_crm_chang
         "unread_count": 1,
         "last_interaction_at": datetime.fromtimestamp(TS, UTC).isoformat(),
         "last_inbound_at": datetime.fromtimestamp(TS, UTC).isoformat(),
+        "tags": ["price-enquiry"],
     }
+    assert orjson.loads(contact.tags) == ["price-enquiry"]
     ticket_change = changes["tickets", "wa:wamid.A1"]
     assert ticket_change.urgent == 1
     assert ticket_change.operation == "create"
@@ -215,10 +240,10 @@ def test_given_second_message_from_same_contact_when_processed_then_unread_2_and
     assert count(engine, tickets) == 1
     # Only the first message opened a ticket, so only it was acknowledged.
     [ack] = rows(engine, messages, messages.c.direction == "out")
-    assert ack.rule == "ticket_ack"
+    assert ack.rule == "ticket-ack"
     [ticket] = rows(engine, tickets)
     assert ack.text == (
-        f"Thanks Alice, we received your message — ticket #{ticket.id} is open "
+        f"Thanks, we received your message. Ticket #{ticket.id} is open "
         "and an agent will reply soon."
     )
     [change] = rows(engine, crm_outbox, crm_outbox.c.object == "contacts")
@@ -290,10 +315,10 @@ def test_given_two_processors_in_threads_when_many_events_then_each_effect_once(
     assert count(engine, tickets) == 3
     assert sorted(c.unread_count for c in rows(engine, contacts)) == [10, 10, 10]
     replies = rows(engine, messages, messages.c.direction == "out")
-    assert sorted(r.rule for r in replies).count("price") == 6
+    assert sorted(r.rule for r in replies).count("price-list") == 6
     # Every ticket is acknowledged unless its opening message asked for the price instead.
     opened_by_price = count(engine, tickets, tickets.c.subject == "price please")
-    assert sum(r.rule == "ticket_ack" for r in replies) == 3 - opened_by_price
+    assert sum(r.rule == "ticket-ack" for r in replies) == 3 - opened_by_price
     assert count(engine, wa_outbox) == len(replies)
 
 
@@ -507,6 +532,67 @@ def test_given_unusual_wa_id_when_processed_then_contact_phone_is_e164(
     assert rows(engine, wa_outbox)[0].recipient == phone
 
 
+def test_given_handover_request_when_processed_then_rules_flag_contact_and_reply_once(
+    engine: Engine, account_id: int, processor: InboxProcessor
+) -> None:
+    doc = from_(ALICE, "Alice", text("wamid.H1", "price? I want a human please"))
+    store(engine, account_id, doc)
+    processor.process_pending()
+    store(engine, account_id, doc)  # redelivered later
+
+    processor.process_pending()
+
+    [contact] = rows(engine, contacts)
+    assert (orjson.loads(contact.tags), contact.priority) == (["handover"], "high")
+    # stop: true keeps the price list (and the ticket acknowledgement) out.
+    assert [r.rule for r in rows(engine, messages, messages.c.direction == "out")] == [
+        "human-handover"
+    ]
+    assert count(engine, wa_outbox) == 1
+
+
+def test_given_system_notice_mentioning_a_keyword_when_processed_then_no_rule_runs(
+    engine: Engine, account_id: int, processor: InboxProcessor
+) -> None:
+    store(engine, account_id, from_(ALICE, "Alice", text("wamid.A1", "hello")))
+    notice = message(
+        "wamid.SYS",
+        "system",
+        {"body": "Agent Smith changed their phone number", "type": "user_changed_number"},
+    )
+    store(engine, account_id, from_(ALICE, "Alice", notice))
+
+    assert processor.process_pending() == 2
+
+    # WhatsApp wrote it, not the customer: no hand-over for the word "Agent".
+    assert orjson.loads(rows(engine, contacts)[0].tags) == []
+    assert count(engine, rule_firings, rule_firings.c.rule == "human-handover") == 0
+
+
+def test_given_rules_failing_when_message_processed_then_message_kept_and_failure_held(
+    engine: Engine, account_id: int, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processor = make_processor(engine, clock)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise ValueError("a rule that cannot run")
+
+    monkeypatch.setattr(RuleRuntime, "on_message", broken)
+    store(engine, account_id, from_(ALICE, "Alice", text("wamid.A1", "price?")))
+
+    assert processor.process_pending() == 1
+
+    # The message, contact and ticket stay, so an agent sees the question ...
+    assert rows(engine, inbox)[0].state == "done"
+    assert count(engine, messages, messages.c.direction == "in") == 1
+    assert count(engine, tickets) == 1
+    # ... and the rules' failure is kept with its reason, for a replay after the fix.
+    [held] = rows(engine, quarantine)
+    assert (held.source, held.reason) == ("rules", "ValueError: a rule that cannot run")
+    assert orjson.loads(held.payload)["event_id"] == "wamid.A1"
+    assert count(engine, wa_outbox) == 0
+
+
 # -- statuses ------------------------------------------------------------------------------
 
 
@@ -682,11 +768,11 @@ async def test_given_pass_failing_once_when_running_then_worker_survives_and_cat
     real = processor.process_pending
     calls: list[int] = []
 
-    def first_pass_fails(limit: int = 500) -> int:
+    def first_pass_fails(limit: int = 500, **kwargs: Any) -> int:
         calls.append(limit)
         if len(calls) == 1:
             raise OperationalError("SELECT", {}, Exception("could not connect to server"))
-        return real(limit)
+        return real(limit, **kwargs)
 
     monkeypatch.setattr(processor, "process_pending", first_pass_fails)
     stop = asyncio.Event()
@@ -697,3 +783,175 @@ async def test_given_pass_failing_once_when_running_then_worker_survives_and_cat
 
     assert len(calls) >= 2
     assert count(engine, inbox, inbox.c.state == "done") == 1
+
+
+def reply_to_alice(engine: Engine, account_id: int, wamid: str) -> int:
+    """A contact (Alice) and a reply to her that Meta accepted (it has its wamid)."""
+    with engine.begin() as conn:
+        contact_id = conn.execute(
+            contacts.insert()
+            .values(
+                account_id=account_id,
+                phone="+16315551234",
+                wa_id=ALICE,
+                name="Alice",
+                tags="[]",
+                unread_count=0,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+            .returning(contacts.c.id)
+        ).scalar_one()
+        return int(
+            conn.execute(
+                messages.insert()
+                .values(
+                    account_id=account_id,
+                    contact_id=contact_id,
+                    direction="out",
+                    provider="meta",
+                    provider_message_id=wamid,
+                    type="text",
+                    text="hi",
+                    payload="{}",
+                    status="sent",
+                    created_at=NOW,
+                )
+                .returning(messages.c.id)
+            ).scalar_one()
+        )
+
+
+def test_given_failed_status_reported_by_webhook_and_by_outbox_then_failure_rules_fire_once(
+    engine: Engine, account_id: int, clock: Clock
+) -> None:
+    rules = shipped_rules()  # one runtime, shared by the processor and the outbox worker
+    processor = make_processor(engine, clock, rules=rules)
+    message_id = reply_to_alice(engine, account_id, "wamid.OUT")
+    failed = {"errors": [{"code": 131026, "title": "Message undeliverable"}]}
+    store(engine, account_id, envelope(statuses=[status("wamid.OUT", "failed", TS, **failed)]))
+
+    assert processor.process_pending() == 1
+    assert rows(engine, messages)[0].status == "failed"
+    # The outbox reporting the same message failed (a resend refused) is the same failure.
+    with engine.begin() as conn:
+        again = rules.on_send_failed(
+            conn,
+            account_id=account_id,
+            message_row_id=message_id,
+            error_code="131026",
+            error_title="Message undeliverable",
+            now=NOW,
+        )
+
+    assert again == []
+    [contact] = rows(engine, contacts)
+    assert "delivery-failed" in orjson.loads(contact.tags)
+    [task] = rows(engine, tasks)
+    assert task.subject == "WhatsApp message to Alice failed: Message undeliverable (131026)"
+    assert count(engine, rule_firings, rule_firings.c.rule == "delivery-failed") == 1
+
+
+def test_given_delivered_status_when_processed_then_failure_rules_do_not_fire(
+    engine: Engine, account_id: int, processor: InboxProcessor
+) -> None:
+    reply_to_alice(engine, account_id, "wamid.OUT")
+    store(engine, account_id, envelope(statuses=[status("wamid.OUT", "delivered", TS)]))
+
+    processor.process_pending()
+
+    assert count(engine, tasks) == 0
+    assert orjson.loads(rows(engine, contacts)[0].tags) == []
+
+
+# -- hand-over to the sender, and batched receipts -----------------------------------------
+
+
+def sender(engine: Engine, graph: Graph) -> WhatsAppOutboxWorker:
+    return make_worker(engine, WaClock(now=NOW), graph.client(), mps=None, pair_limit=False)
+
+
+def test_given_sender_when_price_question_processed_then_reply_leased_in_that_commit_and_sent(
+    engine: Engine, account_id: int, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = Graph()
+    worker = sender(engine, graph)
+    processor = make_processor(engine, clock, handover=worker)
+    now_ts = int(NOW.timestamp())
+    store(engine, account_id, from_(ALICE, "Alice", text("wamid.A1", "price?", ts=now_ts)))
+
+    processor.process_pending()
+
+    [row] = rows(engine, wa_outbox)
+    # Claimed for the sender in the processor's own transaction: leased, not pending.
+    assert (row.state, row.next_attempt_at) == ("sending", NOW + OutboxPolicy().lease)
+
+    def no_claim(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a handed-over reply needs no claim of its own")
+
+    monkeypatch.setattr(whatsapp_queue, "claim", no_claim)
+    assert worker.process_due() == 1
+
+    [sent] = graph.bodies
+    assert (sent["to"], sent["text"]["body"]) == ("+16315551234", PRICE_LIST)
+    assert rows(engine, wa_outbox)[0].state == "sent"
+
+
+def test_given_claim_for_sender_failing_when_processed_then_message_kept_and_reply_left_pending(
+    engine: Engine, account_id: int, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = Graph()
+    worker = sender(engine, graph)
+    processor = make_processor(engine, clock, handover=worker)
+    real_claim = worker.claim_in
+
+    def claim_then_fail(conn: Any, now: datetime) -> Any:
+        real_claim(conn, now)  # its writes must go with the savepoint
+        raise OperationalError("UPDATE wa_outbox", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(worker, "claim_in", claim_then_fail)
+    now_ts = int(NOW.timestamp())
+    store(engine, account_id, from_(ALICE, "Alice", text("wamid.A1", "price?", ts=now_ts)))
+
+    assert processor.process_pending() == 1
+
+    assert rows(engine, inbox)[0].state == "done"
+    assert rows(engine, wa_outbox)[0].state == "pending"  # the sender's own claim finds it
+    assert worker.process_due() == 1
+    assert len(graph.bodies) == 1
+
+
+def test_given_messages_only_pass_when_statuses_pending_then_they_wait_for_a_full_pass(
+    engine: Engine, account_id: int, processor: InboxProcessor
+) -> None:
+    outbound(engine, account_id, "wamid.OUT")
+    store(engine, account_id, envelope(statuses=[status("wamid.OUT", "delivered", TS)]))
+    store(engine, account_id, from_(BOB, "Bob", text("wamid.B1", "hi", sender=BOB)))
+
+    assert processor.process_pending(kinds="messages") == 1
+
+    assert {r.kind: r.state for r in rows(engine, inbox)} == {
+        "status": "pending",
+        "message": "done",
+    }
+    assert processor.process_pending() == 1
+    assert rows(engine, messages, messages.c.direction == "out")[0].status == "delivered"
+
+
+async def test_given_running_worker_when_receipt_arrives_then_taken_within_its_batch_interval(
+    engine: Engine, account_id: int, clock: Clock
+) -> None:
+    processor = make_processor(engine, clock, poll_seconds=30, others_every=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    await asyncio.sleep(0.1)  # the first pass took everything (there was nothing)
+    outbound(engine, account_id, "wamid.OUT")
+    store(engine, account_id, envelope(statuses=[status("wamid.OUT", "read", TS)]))
+    store(engine, account_id, from_(ALICE, "Alice", text("wamid.A1", "hi")))
+
+    processor.wake()  # one wake, for both; the receipt's turn comes by itself
+    await until_done(engine, 2)
+
+    assert count(engine, inbox, inbox.c.state == "done") == 2
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)

@@ -12,7 +12,6 @@ from test_rules_support import T0, add_contact, count, hours, inbound, outbound,
 
 from wacrm.model import DeliveryStatus, FieldChange, InboundMessage, MessageType, StatusUpdate
 from wacrm.rules.actions import apply_actions
-from wacrm.rules.auto_reply import AutoReplies
 from wacrm.rules.plans import EventEmit, PlannedAction, Skipped, TaskCreate, TicketOpen
 from wacrm.store.accounts import ensure_account
 from wacrm.store.schema import (
@@ -54,7 +53,6 @@ def _receive(engine: Engine, account_id: int, message: InboundMessage) -> list[P
             account_id=account_id,
             message=message,
             raw={"id": message.provider_message_id},
-            replies=AutoReplies((), {}),  # the minimal auto-reply stays out of the way
             now=message.timestamp,
         )
         return rules.on_message(

@@ -43,7 +43,27 @@ def _engine(tmp_path: Path, body: str) -> RuleEngine:
     return RuleEngine(load_rules([path]), {"price_list": PRICE_LIST})
 
 
-@pytest.mark.parametrize("text", ["السعر؟", "price", "What's the PRICE?", "¿precio?", "价格多少"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "السعر؟",
+        "price",
+        "What's the PRICE?",
+        "¿precio?",
+        "价格多少",
+        # Carried over from the minimal auto-reply's tests, which this engine replaced.
+        "price?",
+        "What is the PRICE of the starter plan",
+        "Prices please",
+        "كم سعر الاشتراك",
+        "ما هي الأسعار",
+        "¿Cuál es el precio?",
+        "quel est le prix",
+        "Qual o preço?",
+        "QUAL O PRECO",  # typed without the cedilla
+        "Ｐｒｉｃｅ",  # full-width letters, as some keyboards send them
+    ],
+)
 def test_given_price_question_when_evaluated_then_price_list_reply_and_tag(text: str) -> None:
     planned = ENGINE.evaluate(_message(text), CONTACT, NOW)
 
@@ -307,3 +327,53 @@ def test_given_price_question_opened_ticket_when_evaluated_then_only_price_reply
 
 def test_given_message_without_new_ticket_when_evaluated_then_no_ack() -> None:
     assert ENGINE.evaluate(_message("hello"), CONTACT, NOW) == []
+
+
+@pytest.mark.parametrize("text", ["priceless advice", "spring", "", None, "pri ce"])
+def test_given_no_whole_word_keyword_and_no_new_ticket_when_evaluated_then_nothing(
+    text: str | None,
+) -> None:
+    assert ENGINE.evaluate(MessageEvent("wamid.1", MessageType.TEXT, text, NOW), CONTACT, NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("mtype", "text"),
+    [(MessageType.IMAGE, "price of this one?"), (MessageType.INTERACTIVE, "See prices")],
+)
+def test_given_keyword_in_caption_or_button_title_when_evaluated_then_price_list(
+    mtype: MessageType, text: str
+) -> None:
+    event = replace(_message(text, mtype), opened_ticket_id=7)
+
+    planned = ENGINE.evaluate(event, CONTACT, NOW)
+
+    assert {p.rule for p in planned} == {"price-list"}
+    assert isinstance(planned[0].effect, ReplySend)
+    assert planned[0].effect.text == PRICE_LIST
+
+
+def test_given_captionless_image_opening_ticket_when_evaluated_then_ack_names_the_type() -> None:
+    event = MessageEvent("wamid.1", MessageType.IMAGE, None, NOW, row_id=11, opened_ticket_id=3)
+
+    (planned,) = ENGINE.evaluate(event, replace(CONTACT, name=None), NOW)
+
+    assert isinstance(planned.effect, ReplySend)
+    assert planned.effect.text is not None
+    assert planned.effect.text.startswith("Thanks, we received your image. Ticket #3 is open")
+
+
+def test_given_placeholder_syntax_in_profile_name_when_rendered_then_kept_literally(
+    tmp_path: Path,
+) -> None:
+    engine = _engine(
+        tmp_path,
+        "  - name: hi\n    when: {message_received: {}}\n"
+        "    then: [{reply: {text: 'Hi {name}, about your {type}'}}]\n",
+    )
+    contact = replace(CONTACT, name="{price_list}")
+
+    (planned,) = engine.evaluate(_message("x"), contact, NOW)
+
+    # Substitution is one pass over the rule's text: what a customer typed is never expanded.
+    assert isinstance(planned.effect, ReplySend)
+    assert planned.effect.text == "Hi {price_list}, about your message"

@@ -54,8 +54,8 @@ def test_given_shipped_defaults_when_loaded_then_every_required_rule_is_there() 
     assert {"price", "السعر"} <= {k.raw for k in price.trigger.matcher.keywords}
     assert isinstance(price.actions[0], Reply)
     assert isinstance(by_name["human-handover"].actions[0], HandOver)
-    # The minimal auto-reply file of the inbox processor has its own format; it is skipped.
-    assert all(f.name != "auto_replies.yaml" for f in ruleset.files)
+    # One format, one engine: every shipped file is a rule file of this engine.
+    assert {f.name for f in ruleset.files} == {p.name for p in DEFAULTS_DIR.glob("*.yaml")}
 
 
 @pytest.mark.parametrize(
@@ -230,17 +230,21 @@ def test_given_business_hours_spec_when_loaded_then_day_range_wraps_week(tmp_pat
     assert str(cond.timezone) == "Asia/Riyadh"
 
 
-def test_given_admin_dir_with_minimal_auto_reply_file_when_loaded_then_that_file_skipped(
+def test_given_admin_dir_with_old_minimal_auto_reply_file_when_loaded_then_error_names_it(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "auto_replies.yaml").write_text(
+    # The minimal auto-reply format is gone (one rules engine); a leftover file of it is an
+    # error naming the file and rule, not a file silently skipped.
+    old = tmp_path / "auto_replies.yaml"
+    old.write_text(
         "version: 1\nrules:\n  - name: price\n    when: keyword\n    keywords: [price]\n"
         "    reply: hi\n",
         encoding="utf-8",
     )
     _write(tmp_path, "mine.yaml", GOOD_RULE.format(name="mine"))
 
-    ruleset = load_ruleset(tmp_path)
+    with pytest.raises(RuleFileError) as excinfo:
+        load_ruleset(tmp_path)
 
-    assert [f.name for f in ruleset.files if f.parent == tmp_path] == ["mine.yaml"]
-    assert ruleset.rules[-1].name == "mine"
+    assert str(excinfo.value).startswith(f"{old}: rule 'price': ")
+    assert "when" in str(excinfo.value)

@@ -83,3 +83,38 @@ def test_given_pattern_when_text_matches_folded_form_then_pattern_reported() -> 
 def test_given_bad_pattern_when_built_then_re_error() -> None:
     with pytest.raises(re.error):
         TextMatcher.build([], ["(unclosed"])
+
+
+# Latin accents fold both ways, and together with the Arabic affixes in one matcher: the
+# shipped price rule lists "preço", "precio", "السعر" and "سعر" side by side.
+MIXED = TextMatcher.build(["preco", "preço", "cuánto cuesta", "سعر", "zloty"], [])
+
+
+@pytest.mark.parametrize(
+    ("text", "keyword"),
+    [
+        ("Qual o PREÇO?", "preco"),  # accent in the text, not in the keyword
+        ("QUAL O PRECO", "preco"),  # typed without the cedilla
+        ("cuanto cuesta el plan", "cuánto cuesta"),  # keyword with accent, text without
+        ("¿CUÁNTO  CUESTA?", "cuánto cuesta"),
+        ("Ｐｒｅｃｏ?", "preco"),  # full-width letters, as some keyboards send them
+        ("préçô", "preco"),  # accents on every letter
+        ("بالسِّعر؟", "سعر"),  # preposition + article attached, and harakat
+        ("سعرها كم", "سعر"),  # pronoun attached
+        ("ile kosztuje złoty", "zloty"),  # a stroke is a diacritic too
+    ],
+)
+def test_given_latin_accents_or_arabic_affixes_when_matched_then_keyword_found(
+    text: str, keyword: str
+) -> None:
+    assert MIXED.first_match(text) == keyword
+
+
+@pytest.mark.parametrize("text", ["pri ce", "precos", "precoce", "spring", "سعرات"])
+def test_given_keyword_not_a_whole_word_when_matched_then_none(text: str) -> None:
+    assert TextMatcher.build(["price", "preco", "سعر"], []).first_match(text) is None
+
+
+def test_given_accented_keyword_when_normalized_then_same_as_plain_text() -> None:
+    assert normalize("PREÇO") == normalize("preco") == "preco"
+    assert normalize("Łódź") == "lodz"

@@ -36,11 +36,14 @@ from whatsapp_support import (
 )
 
 from wacrm.config import Settings
+from wacrm.rules.loader import load_ruleset
+from wacrm.rules.runtime import RuleRuntime
 from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox
-from wacrm.store.schema import contacts, wa_outbox
+from wacrm.store.schema import contacts, rule_firings, tasks, wa_outbox
+from wacrm.store.whatsapp_outbox import enqueue_send
 from wacrm.whatsapp.meta_bodies import template_message, text_message
 from wacrm.whatsapp.meta_send import CloudApiClient
-from wacrm.workers.whatsapp_outbox import OutboxPolicy, WhatsAppOutboxWorker, enqueue_send
+from wacrm.workers.whatsapp_outbox import OutboxPolicy, WhatsAppOutboxWorker
 
 
 @pytest.fixture
@@ -448,6 +451,57 @@ def test_given_recipient_cannot_receive_when_processed_then_failed_and_contact_f
     with engine.connect() as conn:
         tags = conn.execute(select(contacts.c.tags).where(contacts.c.id == alice)).scalar()
     assert tag in orjson.loads(tags)
+
+
+def test_given_send_failing_for_good_when_rules_given_then_failure_rule_fires_in_that_commit(
+    engine: Engine, account_id: int, alice: int, clock: Clock
+) -> None:
+    graph = Graph(graph_error(131026))
+    message_id, outbox_id = add_outbound(
+        engine, account_id, text_message(ALICE, "x"), at=clock.now, contact_id=alice
+    )
+    rules = RuleRuntime(load_ruleset(), values={"price_list": "-"})
+    worker = make_worker(engine, clock, graph.client(), rules=rules)
+
+    worker.process_due()
+    clock.advance(86400)
+    worker.process_due()
+
+    assert outbox_row(engine, outbox_id).state == "failed"
+    with engine.connect() as conn:
+        tags = conn.execute(select(contacts.c.tags).where(contacts.c.id == alice)).scalar()
+        subjects = list(conn.execute(select(tasks.c.subject)).scalars())
+        fired = list(conn.execute(select(rule_firings.c.firing_key)).scalars())
+    assert {"wa-undeliverable", "delivery-failed"} <= set(orjson.loads(tags))
+    assert len(subjects) == 1 and subjects[0].endswith("(131026)")
+    # Keyed by the message row: a failed status webhook for it later is the same failure.
+    assert fired == [f"failed:{message_id}"]
+
+
+def test_given_rule_broken_when_send_fails_for_good_then_failure_still_recorded(
+    engine: Engine, account_id: int, alice: int, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = Graph(graph_error(131026))
+    _, outbox_id = add_outbound(
+        engine, account_id, text_message(ALICE, "x"), at=clock.now, contact_id=alice
+    )
+    rules = RuleRuntime(load_ruleset(), values={"price_list": "-"})
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise ValueError("a rule that cannot run")
+
+    monkeypatch.setattr(rules, "on_send_failed", broken)
+    worker = make_worker(engine, clock, graph.client(), rules=rules)
+
+    worker.process_due()
+    clock.advance(86400)
+    worker.process_due()
+
+    # Not leased again and resent: the failure is recorded, the rule's effects are not.
+    assert len(graph.bodies) == 1
+    assert outbox_row(engine, outbox_id).state == "failed"
+    with engine.connect() as conn:
+        assert list(conn.execute(select(tasks.c.id)).scalars()) == []
 
 
 def test_given_template_paused_when_processed_then_later_sends_of_it_fail_locally(

@@ -15,6 +15,7 @@ from conftest import PHONE_NUMBER_ID
 from sqlalchemy import Engine, select
 
 from wacrm.config import Settings
+from wacrm.rules.runtime import RuleRuntime
 from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox
 from wacrm.store.schema import contacts, messages, wa_outbox
 from wacrm.whatsapp.meta_send import CloudApiClient
@@ -152,6 +153,7 @@ def make_worker(
     http: httpx.Client,
     *,
     token: str = TOKEN,
+    rules: RuleRuntime | None = None,
     **policy: Any,
 ) -> WhatsAppOutboxWorker:
     client = CloudApiClient(
@@ -165,6 +167,7 @@ def make_worker(
         clock=clock,
         sleep=clock.sleep,
         jitter=lambda: 0.0,
+        rules=rules,
     )
 
 

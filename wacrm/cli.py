@@ -583,6 +583,55 @@ def demo(as_json: bool, timeout: float) -> None:
         sys.exit(1)
 
 
+# media: inbound attachments fetched by the media worker (wacrm.workers.media).
+@cli.group()
+def media() -> None:
+    """Inbound attachments: what is stored, pending or failed; retry the failed."""
+
+
+def _media_store(ctx: click.Context) -> Any:
+    from wacrm.store import create_store_engine, migrate
+
+    engine = create_store_engine(settings_from(ctx).database_url)
+    migrate(engine)
+    return engine
+
+
+@media.command("status")
+@click.pass_context
+@user_errors
+def media_status(ctx: click.Context) -> None:
+    """Count attachments by state."""
+    from wacrm.workers.media import media_states
+
+    engine = _media_store(ctx)
+    try:
+        states = media_states(engine)
+    finally:
+        engine.dispose()
+    for state in ("stored", "pending", "failed"):
+        click.echo(f"{state}: {states.pop(state, 0)}")
+    for state, count in sorted(states.items()):
+        click.echo(f"{state}: {count}")
+
+
+@media.command("retry")
+@click.pass_context
+@user_errors
+def media_retry(ctx: click.Context) -> None:
+    """Queue every failed attachment again (the running server's media worker fetches it)."""
+    from datetime import UTC, datetime
+
+    from wacrm.workers.media import retry_failed
+
+    engine = _media_store(ctx)
+    try:
+        count = retry_failed(engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    click.echo(f"{count} failed attachment(s) queued again")
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="wacrm", standalone_mode=True)
 

@@ -28,9 +28,9 @@ from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox, create_sandbo
 from wacrm.server.background import BackgroundServer
 from wacrm.server.runtime import build_app
 from wacrm.store import create_store_engine
+from wacrm.store.keys import contact_record_key, ticket_record_key
 from wacrm.store.schema import inbox, local_crm_records, messages
 from wacrm.whatsapp.meta_webhook import sign
-from wacrm.workers.inbound import contact_record_key, ticket_record_key
 
 PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
@@ -49,6 +49,7 @@ class Check:
     ticket_opened: bool = False
     auto_reply_sent: bool = False
     final_status: str = "-"
+    reply_rule: str | None = None  # the rule that answered: price-list, ticket-ack, ...
     latency_ms: float | None = None  # webhook posted → auto-reply accepted by the Cloud API
 
     @property
@@ -68,6 +69,8 @@ class Check:
 
 def _observe(engine: Engine, check: Check, posted_at: datetime) -> None:
     """Fill ``check`` from what the store and the embedded CRM hold now."""
+    contact_key = contact_record_key(check.phone, None)
+    assert contact_key is not None  # every demo sender has a phone number
     with engine.connect() as conn:
         state = conn.execute(
             select(inbox.c.state).where(inbox.c.kind == "message", inbox.c.event_id == check.wamid)
@@ -82,12 +85,12 @@ def _observe(engine: Engine, check: Check, posted_at: datetime) -> None:
                     local_crm_records.c.properties,
                 ).where(
                     local_crm_records.c.external_id.in_(
-                        [contact_record_key(check.phone, None), ticket_record_key(check.wamid)]
+                        [contact_key, ticket_record_key(check.wamid)]
                     )
                 )
             )
         }
-        contact = crm_keys.get(("contacts", contact_record_key(check.phone, None)))
+        contact = crm_keys.get(("contacts", contact_key))
         check.contact_updated = (
             contact is not None and int(contact.get("whatsapp_unread_count") or 0) > 0
         )
@@ -100,13 +103,19 @@ def _observe(engine: Engine, check: Check, posted_at: datetime) -> None:
         reply = None
         if inbound_id is not None:
             reply = conn.execute(
-                select(messages.c.status, messages.c.sent_at, messages.c.provider_message_id)
+                select(
+                    messages.c.status,
+                    messages.c.sent_at,
+                    messages.c.provider_message_id,
+                    messages.c.rule,
+                )
                 .where(messages.c.direction == "out", messages.c.in_reply_to == inbound_id)
                 .order_by(messages.c.id)
             ).first()
     if reply is not None and reply.provider_message_id and reply.sent_at is not None:
         check.auto_reply_sent = True
         check.final_status = str(reply.status)
+        check.reply_rule = reply.rule
         check.latency_ms = max(0.0, (reply.sent_at - posted_at).total_seconds() * 1000)
 
 
@@ -223,7 +232,7 @@ def render_table(checks: list[Check]) -> Any:
             mark(c.received),
             mark(c.contact_updated),
             mark(c.ticket_opened),
-            mark(c.auto_reply_sent),
+            mark(c.auto_reply_sent) + (f" ({c.reply_rule})" if c.reply_rule else ""),
             c.final_status,
             f"{c.latency_ms:.0f} ms" if c.latency_ms is not None else "-",
             "[green]PASS[/]" if c.passed else "[red]FAIL[/]",

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Row, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from wacrm.rules.firings import claim_firing
 from wacrm.rules.plans import (
@@ -32,16 +31,17 @@ from wacrm.rules.plans import (
     TaskCreate,
     TicketOpen,
 )
+from wacrm.store.keys import contact_record_key
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, rule_events, tasks, tickets, whatsapp_numbers
+from wacrm.store.unique import insert_new
 
 # The outbox's own insert, so rule replies get what every send gets (template fallback for
-# a closed window, pacing, retries). It lives with the outbox worker; it is store code.
-from wacrm.workers.whatsapp_queue import enqueue_send
+# a closed window, pacing, retries).
+from wacrm.store.whatsapp_outbox import enqueue_send
 
 logger = logging.getLogger(__name__)
 
-_USER_KEY_PREFIX = "user:"
 _RULE_KEY_PREFIX = "rule:"
 _SUBJECT_CHARS = 255
 
@@ -56,20 +56,6 @@ class Sender:
 
     phone_number_id: str
     provider: str = "meta"
-
-
-def contact_record_key(phone: str | None, user_id: str | None) -> str | None:
-    """The contact's CRM idempotency key; the same rule as ``workers.inbound`` uses
-    (E.164 phone, else ``user:`` + WhatsApp user id), so both coalesce into one write."""
-    if phone:
-        return phone
-    return _USER_KEY_PREFIX + user_id if user_id else None
-
-
-def _insert_new(conn: Connection, table: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
 
 
 def default_sender(conn: Connection, account_id: int) -> Sender | None:
@@ -240,18 +226,18 @@ def _open_ticket(
 ) -> None:
     key = _rule_key(item)
     # uq_tickets_one_open: when the contact already has an open ticket, this does nothing.
-    new_id = conn.execute(
-        _insert_new(conn, tickets)
-        .values(
-            account_id=account_id,
-            contact_id=state.row.id,
-            subject=effect.subject[:_SUBJECT_CHARS],
-            status="open",
-            source_message_id=key,
-            created_at=now,
-        )
-        .returning(tickets.c.id)
-    ).scalar()
+    new_id = insert_new(
+        conn,
+        tickets,
+        {
+            "account_id": account_id,
+            "contact_id": state.row.id,
+            "subject": effect.subject[:_SUBJECT_CHARS],
+            "status": "open",
+            "source_message_id": key,
+            "created_at": now,
+        },
+    )
     if new_id is not None and state.key is not None:
         enqueue_crm_change(
             conn,
@@ -275,20 +261,20 @@ def _create_task(
     now: datetime,
 ) -> None:
     key = _rule_key(item)
-    new_id = conn.execute(
-        _insert_new(conn, tasks)
-        .values(
-            account_id=account_id,
-            contact_id=state.row.id,
-            subject=effect.subject,
-            owner=effect.owner,
-            due_at=effect.due_at,
-            status="not_started",
-            idempotency_key=key,
-            created_at=now,
-        )
-        .returning(tasks.c.id)
-    ).scalar()
+    new_id = insert_new(
+        conn,
+        tasks,
+        {
+            "account_id": account_id,
+            "contact_id": state.row.id,
+            "subject": effect.subject,
+            "owner": effect.owner,
+            "due_at": effect.due_at,
+            "status": "not_started",
+            "idempotency_key": key,
+            "created_at": now,
+        },
+    )
     if new_id is not None and state.key is not None:
         properties: dict[str, Any] = {
             "subject": effect.subject,

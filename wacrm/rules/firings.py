@@ -11,21 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
 from wacrm.store.schema import rule_firings
+from wacrm.store.unique import insert_new
 
 _KEY_CHARS = 255
-
-# ON CONFLICT DO NOTHING: a concurrent claimer waits for ours and then finds the row, instead
-# of failing the whole transaction on the unique key. RETURNING, not rowcount: with implicit
-# RETURNING, psycopg reports a rowcount of -1. Built once; this runs for every firing.
-_CLAIM = {
-    "postgresql": postgresql.insert(rule_firings)
-    .on_conflict_do_nothing()
-    .returning(rule_firings.c.id),
-    "sqlite": sqlite.insert(rule_firings).on_conflict_do_nothing().returning(rule_firings.c.id),
-}
 
 
 def claim_firing(
@@ -47,5 +37,6 @@ def claim_firing(
         "message_id": message_id,
         "fired_at": now,
     }
-    claimed = conn.execute(_CLAIM[conn.dialect.name], values).scalar()
-    return claimed is not None
+    # ON CONFLICT DO NOTHING: a concurrent claimer waits for ours and then finds the row,
+    # instead of failing the whole transaction on the unique key.
+    return insert_new(conn, rule_firings, values) is not None

@@ -94,6 +94,11 @@ class LanguageDetector:
             ).build()
         return self._lingua
 
+    @property
+    def loaded(self) -> bool:
+        """True once the models are in memory (after :meth:`warm_up` or a first detection)."""
+        return self._lingua is not None
+
     def warm_up(self) -> None:
         """Load every model now rather than on the first customer's message in a script."""
         self._detector(preload=True)

@@ -58,10 +58,6 @@ from wacrm.rules.schema import (
 )
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
-# Files in a rules folder (the shipped one, and the admin's rules_dir) that are not in this
-# format: the minimal keyword auto-reply of the inbox processor keeps its own file there
-# until the processor moves to this engine. Skipped when a folder is loaded.
-FOREIGN_FILES = frozenset({"auto_replies.yaml"})
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,119}$")
 _EVENT = re.compile(r"^[a-z][a-z0-9_.-]{0,79}$")
@@ -390,11 +386,7 @@ def load_file(path: Path) -> list[Rule]:
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(
-            p
-            for p in path.iterdir()
-            if p.suffix in (".yaml", ".yml") and p.is_file() and p.name not in FOREIGN_FILES
-        )
+        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     if path.exists():
         return [path]
     raise RuleFileError(f"{path}: no such file or directory")

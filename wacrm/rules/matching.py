@@ -2,8 +2,8 @@
 
 Text and keywords are folded alike (NFKC, casefold, accents on Latin letters, Arabic
 diacritics and tatweel removed, Arabic letter variants unified, whitespace collapsed), so
-"PRICE", "ｐｒｉｃｅ" and "price" match, so do "PREÇO" and "preco", and so do "السعر", "السِّعر"
-and "الســعر".
+"PRICE", "ｐｒｉｃｅ" and "price" match, so do "PREÇO" and "preco" (either way round: keyword
+or text may carry the accent), and so do "السعر", "السِّعر" and "الســعر".
 
 A keyword must stand as a whole word, with three exceptions that follow how people write:
 - scripts written without spaces (Chinese, Japanese, Thai, …) have no word boundaries, so a
@@ -37,6 +37,11 @@ _ARABIC_FOLD = str.maketrans(
     }
 )
 _SPACE = re.compile(r"\s+")
+# Latin letters whose diacritic is part of the glyph (Unicode does not decompose a stroke), so
+# removing combining marks leaves them alone; typed without it as often as "preco" is.
+_LATIN_STROKES = str.maketrans(
+    {"ł": "l", "đ": "d", "ø": "o", "ħ": "h", "ŧ": "t", "ƀ": "b", "ɨ": "i", "ı": "i"}
+)
 
 # Proclitics: (wa|fa)? + (bi|li|ka)? + (al)?, plus "lil" (li + al with the alef dropped).
 _AR_PREFIXES = frozenset(
@@ -59,7 +64,7 @@ def _strip_latin_accents(text: str) -> str:
         if unicodedata.combining(char) and out and out[-1] < "\u0250":
             continue
         out.append(char)
-    return "".join(out)
+    return "".join(out).translate(_LATIN_STROKES)
 
 
 def normalize(text: str) -> str:

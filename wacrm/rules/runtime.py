@@ -15,20 +15,27 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, bindparam, select
 
 from wacrm.model import DeliveryStatus, FieldChange, InboundMessage, Priority, StatusUpdate
-from wacrm.rules.actions import Sender, apply_actions, contact_record_key
+from wacrm.rules.actions import Sender, apply_actions
 from wacrm.rules.engine import RuleEngine
 from wacrm.rules.episodes import current_episode, recent_inbound_texts
 from wacrm.rules.events import ContactView, FieldChangeEvent, MessageEvent, StatusEvent
 from wacrm.rules.language import LanguageDetector
 from wacrm.rules.plans import PlannedAction
 from wacrm.rules.schema import RuleSet, UnreadAtLeast
+from wacrm.store.keys import contact_record_key
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, messages
 
 logger = logging.getLogger(__name__)
+
+# Built once: the contact is read for every event.
+_CONTACT = select(contacts).where(
+    contacts.c.id == bindparam("contact"), contacts.c.account_id == bindparam("account")
+)
+_CONTACT_LOCKED = _CONTACT.with_for_update()
 
 
 def load_contact_view(
@@ -46,15 +53,18 @@ def read_contact(
     *,
     lock: bool = True,
     episode_from_unread: int = 0,
+    row: Row[Any] | None = None,
 ) -> tuple[Row[Any], ContactView] | None:
     """The contact's row (for :func:`apply_actions`) and its view, or None.
 
     The open episode (``awaiting_since_id``, two more queries) is looked up only when the
     contact has at least ``episode_from_unread`` unread messages: only the unread trigger
-    and the timer read it, and this runs on every inbound message.
+    and the timer read it, and this runs on every inbound message. ``row``: the contact's
+    current row, when the caller has just written (and locked) it in this transaction.
     """
-    query = select(contacts).where(contacts.c.id == contact_id, contacts.c.account_id == account_id)
-    row = conn.execute(query.with_for_update() if lock else query).first()
+    if row is None or row.id != contact_id or row.account_id != account_id:
+        query = _CONTACT_LOCKED if lock else _CONTACT
+        row = conn.execute(query, {"contact": contact_id, "account": account_id}).first()
     if row is None:
         return None
     wanted = int(row.unread_count or 0) >= episode_from_unread
@@ -114,11 +124,18 @@ class RuleRuntime:
         message_row_id: int | None,
         now: datetime,
         opened_ticket_id: int | None = None,
+        contact_row: Row[Any] | None = None,
     ) -> list[PlannedAction]:
         """Rules for an inbound message already stored (``message_row_id``) on the contact;
-        ``opened_ticket_id``: the ticket the message opened (``MessageOutcome.ticket_id``)."""
+        ``opened_ticket_id``: the ticket the message opened (``MessageOutcome.ticket_id``);
+        ``contact_row``: the contact as the caller just wrote it in this transaction
+        (``MessageOutcome.contact``), which saves reading it again."""
         found = read_contact(
-            conn, account_id, contact_id, episode_from_unread=self._episode_from_unread
+            conn,
+            account_id,
+            contact_id,
+            episode_from_unread=self._episode_from_unread,
+            row=contact_row,
         )
         if found is None:
             return []

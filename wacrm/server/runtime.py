@@ -2,22 +2,28 @@
 with its background workers, and hand it to uvicorn.
 
 ``build_workers`` below is the one composition point for background work (inbox processor,
-outbox senders): every server process runs what it returns.
+outbox senders, rule timer) and for the rules they share: every server process runs what it
+returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from wacrm.config import ConfigError, Settings, load_settings
 from wacrm.connectors.base import CrmConnector
 from wacrm.connectors.local import LocalConnector
-from wacrm.rules.auto_reply import AutoReplies
+from wacrm.rules.language import LanguageDetector
+from wacrm.rules.loader import load_ruleset
+from wacrm.rules.options import install_all_local_options
+from wacrm.rules.runtime import RuleRuntime
+from wacrm.rules.schema import RuleFileError, RuleSet
 from wacrm.server.app import WacrmApp, create_app, require_webhook_secrets
 from wacrm.store import create_store_engine, migrate
 from wacrm.store.accounts import ensure_account, register_number
@@ -25,9 +31,15 @@ from wacrm.store.schema import accounts
 from wacrm.workers.base import Worker
 from wacrm.workers.crm_outbox import CrmOutboxWorker
 from wacrm.workers.inbox import InboxProcessor
+from wacrm.workers.rule_timer import RuleTimer
+from wacrm.workers.threaded import Downstream
 from wacrm.workers.whatsapp_outbox import WhatsAppOutboxWorker
 
 BuildWorkers = Callable[[Settings, Engine], Sequence[Worker]]
+# How often the processor may wake the CRM outbox: each wake is a flush (reads, a write
+# through the connector, the outcome) competing with the replies for the store and the GIL;
+# at tens of messages a second, one flush per quarter second batches them.
+CRM_WAKE_EVERY = 0.25
 
 
 def connector_for(engine: Engine) -> Callable[[int], CrmConnector]:
@@ -50,17 +62,78 @@ def connector_for(engine: Engine) -> Callable[[int], CrmConnector]:
     return get
 
 
+def load_rules(settings: Settings) -> RuleSet:
+    """The shipped rules overlaid by ``settings.rules_dir``; a bad rule file is a
+    :class:`ConfigError` naming the file, the rule and the problem (``serve`` exits 2)."""
+    try:
+        return load_ruleset(settings.rules_dir or None)
+    except RuleFileError as exc:
+        raise ConfigError(f"rules: {exc}") from None
+
+
+def build_rules(settings: Settings) -> RuleRuntime:
+    """The rules runtime every worker of this process shares: the rule files loaded and
+    checked once, and the language detector with its models loaded now, not on the first
+    customer's message."""
+    ruleset = load_rules(settings)
+    detector = LanguageDetector()
+    detector.warm_up()
+    return RuleRuntime(ruleset, values={"price_list": settings.price_list_text}, detector=detector)
+
+
+def install_rule_options(engine: Engine, ruleset: RuleSet) -> None:
+    """Make the rules' tags and priorities picklist options of the embedded CRM, so a rule
+    never writes a value the CRM does not offer. Idempotent; safe when several processes
+    start at once (the loser of an insert race finds the row on its second try)."""
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                install_all_local_options(conn, ruleset)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
+
+
+class DownstreamOnly:
+    """A worker woken only by whoever feeds it, not by every webhook.
+
+    The app wakes each worker it runs when a webhook is stored; only the inbox processor has
+    new work then. An outbox woken by a webhook finds nothing (its work comes from the
+    processor, which wakes it itself), and the rule timer's is hours away; yet each such
+    pass takes the store's write lock on SQLite, in front of the processor.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.name = worker.name
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.worker.run(stop)
+
+    def wake(self) -> None:
+        """Ignored: see the class docstring; the processor calls ``worker.wake``."""
+
+
 def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
-    """The background workers each server process runs: the inbox processor feeds the
-    WhatsApp and CRM outboxes, and wakes them when it has committed work for them."""
-    whatsapp = WhatsAppOutboxWorker.from_settings(engine, settings)
+    """The background workers each server process runs: the inbox processor runs the rules
+    and feeds the WhatsApp and CRM outboxes, waking them when it has committed work for them;
+    the rule timer fires time-based rules."""
+    rules = build_rules(settings)
+    install_rule_options(engine, rules.ruleset)
+    whatsapp = WhatsAppOutboxWorker.from_settings(engine, settings, rules=rules)
     crm = CrmOutboxWorker(engine, connector_for(engine))
-    replies = AutoReplies.load(
-        Path(settings.rules_dir) / "auto_replies.yaml" if settings.rules_dir else None,
-        variables={"price_list": settings.price_list_text},
+    # The CRM gets its changes within a quarter second, in batches; the reply goes at once.
+    crm_feed = Downstream(crm.wake, every=CRM_WAKE_EVERY)
+    inbox = InboxProcessor(
+        engine, settings, rules=rules, downstream=(whatsapp.wake, crm_feed), handover=whatsapp
     )
-    inbox = InboxProcessor(engine, settings, replies=replies, downstream=(whatsapp.wake, crm.wake))
-    return (inbox, whatsapp, crm)
+    return (
+        inbox,
+        DownstreamOnly(whatsapp),
+        DownstreamOnly(crm),
+        DownstreamOnly(RuleTimer(engine, rules)),
+    )
 
 
 def open_store(settings: Settings) -> Engine:
@@ -118,6 +191,10 @@ def serve(
         raise ConfigError(f"--workers must be at least 1, got {processes}")
     if processes > 1 and make_workers is not build_workers:
         raise ConfigError("custom background workers need a single server process")
+    # Before anything is created: bad secrets or rule files end here, as one error line.
+    require_webhook_secrets(settings)
+    if make_workers is build_workers:
+        load_rules(settings)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -140,7 +217,6 @@ def serve(
             processes,
         )
     # Migrate and seed once here, so the processes do not race to do it.
-    require_webhook_secrets(settings)
     engine = open_store(settings)
     try:
         ensure_default_account(engine, settings)

@@ -10,7 +10,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from wacrm.store import sqlite_lock
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_BUSY_SECONDS = 10.0  # how long a transaction waits for SQLite's write lock
 
 
 class StoreError(RuntimeError):
@@ -32,7 +35,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # commit, which is what "durably in the inbox" means before a webhook is answered.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -53,7 +56,13 @@ def create_store_engine(url: str, **kwargs: Any) -> Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 10, "isolation_level": None},
+            connect_args={
+                "check_same_thread": False,
+                "timeout": _BUSY_SECONDS,
+                "isolation_level": None,
+                # Transactions queue before BEGIN (SQLite's busy handler sleeps instead).
+                "factory": sqlite_lock.factory(_BUSY_SECONDS),
+            },
             **kwargs,
         )
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -11,9 +11,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from wacrm.store.schema import crm_outbox
+
+# Built once, values as parameters: this runs several times for every inbound message, and
+# building and keying a statement per call cost more than running it.
+_PENDING = (
+    select(crm_outbox.c.id, crm_outbox.c.payload, crm_outbox.c.urgent)
+    .where(
+        crm_outbox.c.account_id == bindparam("account"),
+        crm_outbox.c.object == bindparam("object"),
+        crm_outbox.c.record_key == bindparam("key"),
+        crm_outbox.c.state == "pending",
+    )
+    .with_for_update()
+)
+_MERGE = (
+    crm_outbox.update()
+    .where(crm_outbox.c.id == bindparam("row_id"))
+    .values(
+        payload=bindparam("new_payload"),
+        urgent=bindparam("new_urgent"),
+        updated_at=bindparam("at"),
+    )
+)
+_INSERT = crm_outbox.insert()
 
 
 def enqueue_crm_change(
@@ -35,14 +58,7 @@ def enqueue_crm_change(
     """
     now = now or datetime.now(UTC)
     existing = conn.execute(
-        select(crm_outbox.c.id, crm_outbox.c.payload, crm_outbox.c.urgent)
-        .where(
-            crm_outbox.c.account_id == account_id,
-            crm_outbox.c.object == object,
-            crm_outbox.c.record_key == record_key,
-            crm_outbox.c.state == "pending",
-        )
-        .with_for_update()
+        _PENDING, {"account": account_id, "object": object, "key": record_key}
     ).first()
     if existing is not None:
         payload = orjson.loads(existing.payload)
@@ -50,29 +66,32 @@ def enqueue_crm_change(
         if contact_key is not None:
             payload["contact_key"] = contact_key
         conn.execute(
-            crm_outbox.update()
-            .where(crm_outbox.c.id == existing.id)
-            .values(
-                payload=orjson.dumps(payload).decode(),
-                urgent=int(bool(existing.urgent) or urgent),
-                updated_at=now,
-            )
+            _MERGE,
+            {
+                "row_id": existing.id,
+                "new_payload": orjson.dumps(payload).decode(),
+                "new_urgent": int(bool(existing.urgent) or urgent),
+                "at": now,
+            },
         )
         return int(existing.id)
     result = conn.execute(
-        crm_outbox.insert().values(
-            account_id=account_id,
-            object=object,
-            record_key=record_key,
-            operation=operation,
-            payload=orjson.dumps({"properties": properties, "contact_key": contact_key}).decode(),
-            state="pending",
-            urgent=int(urgent),
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        _INSERT,
+        {
+            "account_id": account_id,
+            "object": object,
+            "record_key": record_key,
+            "operation": operation,
+            "payload": orjson.dumps(
+                {"properties": properties, "contact_key": contact_key}
+            ).decode(),
+            "state": "pending",
+            "urgent": int(urgent),
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
     assert result.inserted_primary_key is not None
     return int(result.inserted_primary_key[0])

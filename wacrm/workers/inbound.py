@@ -1,5 +1,7 @@
-"""One inbound WhatsApp message into the store: contact mirror, message, ticket, auto-reply
-and the CRM changes they cause, all in the caller's transaction.
+"""One inbound WhatsApp message into the store: contact mirror, message, ticket and the CRM
+changes they cause, all in the caller's transaction. What rules then do with the message
+(replies, tags, priority) is the rules runtime's part; the inbox processor calls it next, in
+the same transaction.
 
 A message already stored (a duplicate delivery) changes nothing: the message row is unique
 per provider id, and everything else happens only when that insert did. Races between
@@ -15,26 +17,22 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, Select, bindparam, select
 
 from wacrm.model import InboundMessage, MessageType
 from wacrm.phone import PhoneError, normalize_wa_id
-from wacrm.rules.auto_reply import AutoReplies, Reply
+from wacrm.store.keys import contact_record_key, ticket_record_key
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, messages, tickets
-from wacrm.whatsapp.meta_bodies import text_message
-from wacrm.workers.whatsapp_queue import enqueue_send
+from wacrm.store.unique import insert_new
 
 logger = logging.getLogger(__name__)
 
-# Not a person waiting for an answer: stored and mirrored, but no ticket, reply or unread.
+# Not a person waiting for an answer: stored and mirrored, but no ticket or unread.
 _NO_AGENT_TYPES = frozenset({MessageType.REACTION, MessageType.SYSTEM})
 _SUBJECT_CHARS = 120
 _TYPE_CHARS = 32  # messages.type
 _ERROR_CODE_CHARS = 32  # messages.error_code
-_USER_KEY_PREFIX = "user:"
-_TICKET_KEY_PREFIX = "wa:"
 
 
 class UnusableMessage(ValueError):
@@ -46,20 +44,8 @@ class MessageOutcome:
     contact_id: int
     message_id: int | None  # None: the provider id was already stored (a duplicate)
     ticket_id: int | None = None  # set when this message opened a ticket
-    reply_message_id: int | None = None
-
-
-def contact_record_key(phone: str | None, user_id: str | None) -> str:
-    """The CRM idempotency key of a contact: its E.164 phone, else its WhatsApp user id."""
-    if phone:
-        return phone
-    if user_id:
-        return _USER_KEY_PREFIX + user_id
-    raise UnusableMessage("contact has neither a phone number nor a WhatsApp user id")
-
-
-def ticket_record_key(provider_message_id: str) -> str:
-    return _TICKET_KEY_PREFIX + provider_message_id
+    # The contact's row as this transaction left it (locked), for the rules that run next.
+    contact: Row[Any] | None = None
 
 
 def sender_phone(wa_id: str | None) -> str | None:
@@ -79,27 +65,13 @@ def sender_phone(wa_id: str | None) -> str | None:
         return None
 
 
-def _insert_new(conn: Connection, table: Table, **values: Any) -> int | None:
-    """INSERT the row unless a unique key already holds one (the same statement on both
-    backends); the new id, or None."""
-    if conn.dialect.name == "postgresql":
-        insert: postgresql.Insert | sqlite.Insert = postgresql.insert(table)
-    else:
-        insert = sqlite.insert(table)
-    statement = insert.values(**values).on_conflict_do_nothing().returning(table.c.id)
-    new_id = conn.execute(statement).scalar()
-    return None if new_id is None else int(new_id)
-
-
 def handle_message(
     conn: Connection,
     *,
     account_id: int,
     message: InboundMessage,
     raw: dict[str, Any],
-    replies: AutoReplies,
     now: datetime,
-    default_phone_number_id: str = "",
 ) -> MessageOutcome:
     """Store ``message`` (``raw`` is its ``messages[]`` element) and everything it causes."""
     phone = sender_phone(message.from_wa_id)
@@ -119,19 +91,12 @@ def handle_message(
     needs_agent = message.type not in _NO_AGENT_TYPES
     contact = _update_contact(conn, contact, phone, user_id, message, now, needs_agent)
     contact_key = contact_record_key(contact.phone, contact.user_id)
+    if contact_key is None:  # checked above; a contact row always has one or the other
+        raise UnusableMessage("contact has neither a phone number nor a WhatsApp user id")
     subject = _subject(message, contact)
     ticket_id = (
         _open_ticket(conn, account_id, contact.id, message, subject, now) if needs_agent else None
     )
-
-    reply_id = None
-    if needs_agent:
-        reply = replies.match(message, opened_ticket=ticket_id is not None, ticket_id=ticket_id)
-        if reply is not None:
-            pnid = message.phone_number_id or default_phone_number_id
-            reply_id = _queue_reply(
-                conn, account_id, contact, message_id, message, reply, pnid, now
-            )
 
     enqueue_crm_change(
         conn,
@@ -160,22 +125,32 @@ def handle_message(
             urgent=True,
             now=now,
         )
-    return MessageOutcome(contact.id, message_id, ticket_id, reply_id)
+    return MessageOutcome(contact.id, message_id, ticket_id, contact)
 
 
 def _find_contact(
     conn: Connection, account_id: int, phone: str | None, user_id: str | None
 ) -> Row[Any] | None:
-    for column, value in (("phone", phone), ("user_id", user_id)):
+    for query, value in ((_BY_PHONE, phone), (_BY_USER_ID, user_id)):
         if value:
-            row = conn.execute(
-                select(contacts)
-                .where(contacts.c.account_id == account_id, contacts.c[column] == value)
-                .with_for_update()
-            ).first()
+            row = conn.execute(query, {"account": account_id, "value": value}).first()
             if row is not None:
                 return row
     return None
+
+
+def _contact_by(column: str) -> Select[Any]:
+    return (
+        select(contacts)
+        .where(
+            contacts.c.account_id == bindparam("account"), contacts.c[column] == bindparam("value")
+        )
+        .with_for_update()
+    )
+
+
+# Built once: they run for every message.
+_BY_PHONE, _BY_USER_ID = _contact_by("phone"), _contact_by("user_id")
 
 
 def _lock_contact(
@@ -194,18 +169,20 @@ def _lock_contact(
     found = _find_contact(conn, account_id, phone, user_id)
     if found is not None:
         return found, False
-    new_id = _insert_new(
+    new_id = insert_new(
         conn,
         contacts,
-        account_id=account_id,
-        phone=phone,
-        user_id=user_id,
-        wa_id=message.from_wa_id,
-        name=message.profile_name,
-        unread_count=0,
-        tags="[]",
-        created_at=now,
-        updated_at=now,
+        {
+            "account_id": account_id,
+            "phone": phone,
+            "user_id": user_id,
+            "wa_id": message.from_wa_id,
+            "name": message.profile_name,
+            "unread_count": 0,
+            "tags": "[]",
+            "created_at": now,
+            "updated_at": now,
+        },
     )
     found = _find_contact(conn, account_id, phone, user_id)
     assert found is not None, "contact vanished between insert and select"
@@ -222,22 +199,24 @@ def _insert_inbound(
 ) -> int | None:
     error = message.errors[0] if message.errors else {}
     code = error.get("code")
-    return _insert_new(
+    return insert_new(
         conn,
         messages,
-        account_id=account_id,
-        contact_id=contact_id,
-        direction="in",
-        provider=message.provider,
-        provider_message_id=message.provider_message_id,
-        type=message.raw_type[:_TYPE_CHARS],
-        text=message.text,
-        payload=orjson.dumps(raw).decode(),
-        status="received",
-        status_at=message.timestamp,
-        error_code=None if code is None else str(code)[:_ERROR_CODE_CHARS],
-        error_title=error.get("title") or error.get("message"),
-        created_at=now,
+        {
+            "account_id": account_id,
+            "contact_id": contact_id,
+            "direction": "in",
+            "provider": message.provider,
+            "provider_message_id": message.provider_message_id,
+            "type": message.raw_type[:_TYPE_CHARS],
+            "text": message.text,
+            "payload": orjson.dumps(raw).decode(),
+            "status": "received",
+            "status_at": message.timestamp,
+            "error_code": None if code is None else str(code)[:_ERROR_CODE_CHARS],
+            "error_title": error.get("title") or error.get("message"),
+            "created_at": now,
+        },
     )
 
 
@@ -293,54 +272,18 @@ def _open_ticket(
 ) -> int | None:
     """Open a ticket unless the contact has one open; its id when this message opened it."""
     # uq_tickets_one_open decides: with a ticket already open, this inserts nothing.
-    return _insert_new(
+    return insert_new(
         conn,
         tickets,
-        account_id=account_id,
-        contact_id=contact_id,
-        subject=subject,
-        status="open",
-        source_message_id=message.provider_message_id,
-        created_at=now,
+        {
+            "account_id": account_id,
+            "contact_id": contact_id,
+            "subject": subject,
+            "status": "open",
+            "source_message_id": message.provider_message_id,
+            "created_at": now,
+        },
     )
-
-
-def _queue_reply(
-    conn: Connection,
-    account_id: int,
-    contact: Row[Any],
-    in_reply_to: int,
-    message: InboundMessage,
-    reply: Reply,
-    phone_number_id: str,
-    now: datetime,
-) -> int | None:
-    if not contact.phone or not phone_number_id:
-        # Sending to a user id alone is not supported yet; the ticket still reaches an agent.
-        logger.warning(
-            "auto-reply %r not sent for message %s: no %s",
-            reply.rule,
-            message.provider_message_id,
-            "recipient phone" if not contact.phone else "business phone_number_id",
-        )
-        return None
-    try:
-        body = text_message(contact.phone, reply.text, reply_to=message.provider_message_id)
-    except ValueError as exc:  # the reply, not the inbound message, is at fault: keep the latter
-        logger.warning("auto-reply %r not sent: %s", reply.rule, exc)
-        return None
-    message_id, _outbox_id = enqueue_send(
-        conn,
-        account_id=account_id,
-        phone_number_id=phone_number_id,
-        body=body,
-        contact_id=contact.id,
-        text=reply.text,
-        rule=reply.rule,
-        in_reply_to=in_reply_to,
-        now=now,
-    )
-    return message_id
 
 
 def _subject(message: InboundMessage, contact: Row[Any]) -> str:

@@ -1,4 +1,4 @@
-"""The inbox processor: pending inbox rows → contact mirror, tickets, replies, CRM changes.
+"""The inbox processor: pending inbox rows → contact mirror, tickets, rules, CRM changes.
 
 Rows are claimed in id order inside one transaction per batch (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so several processors share the work; SQLite's BEGIN IMMEDIATE serialises them).
@@ -10,35 +10,51 @@ loses nothing: uncommitted rows are still ``pending`` on restart.
 Database failures (lost connection, deadlock, lock timeout) are not bad data: the batch is
 rolled back and retried. Only if the same row keeps failing that way is it quarantined, so
 no single row can stall the loop for ever.
+
+Rules (:class:`wacrm.rules.runtime.RuleRuntime`: auto-replies, tags, priority, hand-over) run
+on each new message, and on each status that turns a message ``failed``, in the row's
+transaction. They run in a savepoint of their own: a rule that breaks is rolled back and
+recorded in ``quarantine`` (source ``rules``) while the message itself is kept, so an agent
+still sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Engine, Row, select
+from sqlalchemy import Connection, Engine, Row, bindparam, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from wacrm.config import Settings
-from wacrm.model import DeliveryStatus, advance_status
-from wacrm.rules.auto_reply import AutoReplies
+from wacrm.model import DeliveryStatus, MessageType, advance_status
+from wacrm.rules.runtime import RuleRuntime
 from wacrm.store.inbox import QuarantineRow, insert_quarantine_rows
 from wacrm.store.schema import inbox, messages
 from wacrm.whatsapp.meta_webhook import parse_message, parse_status
 from wacrm.workers.inbound import handle_message
+from wacrm.workers.threaded import Downstream, Handover, WorkerThread
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 QUARANTINE_SOURCE = "inbox"
+RULES_QUARANTINE_SOURCE = "rules"
 _MAX_REASON_CHARS = 2000
 _PASS_LIMIT = 500
+_OTHERS_BATCH = 20  # receipts per transaction: short, so a message never waits long behind
+# Built once: it runs for every row (building and keying a statement costs more than it).
+_DONE = (
+    inbox.update()
+    .where(inbox.c.id == bindparam("row_id"))
+    .values(state="done", processed_at=bindparam("at"), attempts=bindparam("tries"))
+)
 
 _Payload = dict[str, Any] | ValueError
 
@@ -60,6 +76,9 @@ class _StoreFailure(Exception):
         self.cause = cause
 
 
+Kinds = Literal["all", "messages", "others"]
+
+
 class InboxProcessor:
     name = "inbox"
 
@@ -68,106 +87,170 @@ class InboxProcessor:
         engine: Engine,
         settings: Settings,
         *,
-        replies: AutoReplies,
+        rules: RuleRuntime,
         clock: Clock = _utcnow,
         batch_size: int = 100,
         poll_seconds: float = 0.5,
         status_retries: int = 20,
         status_grace: timedelta = timedelta(minutes=2),
         store_retries: int = 5,
-        downstream: Sequence[Callable[[], None]] = (),
+        downstream: Sequence[Callable[[], None] | Downstream] = (),
+        handover: Handover[Any] | None = None,
+        others_every: float = 0.1,
     ) -> None:
         """``status_retries``/``status_grace``: a status whose message is unknown stays
         pending until it was tried that often *and* is that old, then is kept as an orphan.
         ``store_retries``: database failures on one row before it is quarantined.
-        ``downstream``: called after a pass that finished rows (the outbox workers' ``wake``),
-        so a reply leaves now rather than at the sender's next poll."""
+        ``downstream``: the workers fed (the outboxes' ``wake``, or a :class:`Downstream`
+        to limit how often one is woken), woken after a pass that may have queued work for
+        them: a new message or a failure, not a mere delivery receipt. So a reply leaves now
+        rather than at the sender's next poll, and the three receipts of every reply do not
+        send the outboxes looking for nothing.
+        ``handover``: the WhatsApp sender; a batch that queued replies claims them for it
+        before committing and hands them over after, so they leave without a transaction
+        of their own (one commit and one wait for SQLite's lock fewer per reply).
+        ``others_every``: how long rows other than messages (statuses, errors, account
+        events) may wait, so that they are taken in batches (see :meth:`_step`)."""
         self._engine = engine
         self._settings = settings
-        self._replies = replies
+        self.rules = rules
         self._clock = clock
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._status_retries = status_retries
         self._status_grace = status_grace
         self._store_retries = store_retries
-        self._downstream = tuple(downstream)
-        self._wakeup: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._downstream = tuple(
+            d if isinstance(d, Downstream) else Downstream(d) for d in downstream
+        )
+        self._fed_downstream = False  # set by a pass that ran rules or mirrored a message
+        self._queued = False  # set by a batch that may have queued replies
+        self._handover = handover
+        self._others_every = others_every
+        self._others_at = float("-inf")  # time.monotonic() of the last pass taking them
+        self._others_owed = False  # a pass left them for later
+        self._failures = 0
+        self._thread = WorkerThread("inbox-processor", self._step)
 
     # -- Worker protocol ---------------------------------------------------------------------
 
     def wake(self) -> None:
         """Safe from any thread (the inbox writer commits on its own thread)."""
-        loop, event = self._loop, self._wakeup
-        if loop is None or event is None:
-            return  # not running yet: run() looks at the inbox first thing anyway
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            event.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # loop already closed: nothing to wake
-                loop.call_soon_threadsafe(event.set)
+        self._thread.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = wakeup = asyncio.Event()
-        failures = 0
-        while not stop.is_set():
-            wakeup.clear()  # before looking, so a wake during the pass causes another pass
-            try:
-                finished = await asyncio.to_thread(self.process_pending, _PASS_LIMIT)
-            except Exception:
-                failures += 1
-                logger.exception("inbox pass failed (%d in a row); retrying", failures)
-                await _wait_any(stop, timeout=min(self._poll_seconds * 2**failures, 30.0))
-                continue
-            failures = 0
-            if finished:
-                for wake in self._downstream:
-                    wake()
-            if finished < _PASS_LIMIT:  # else there is more right now: no wait
-                await _wait_any(wakeup, stop, timeout=self._poll_seconds)
+        await self._thread.run(stop)
+
+    def _step(self) -> float:
+        """One pass on the processor's thread; how long to wait for a wake after it.
+
+        Messages are taken at every wake. Everything else (mostly delivery receipts: three
+        per reply) waits up to ``others_every`` and is then taken in small batches, after
+        the messages and giving way to a wake between batches: a transaction per receipt
+        would otherwise be most of the processor's work, and a long batch of them would
+        stand in front of the next customer's message."""
+        started = time.monotonic()
+        try:
+            finished = self.process_pending(_PASS_LIMIT, kinds="messages")
+            if started - self._others_at >= self._others_every:
+                done, complete = self._drain(
+                    _PASS_LIMIT, "others", size=_OTHERS_BATCH, give_way=self._thread.woken
+                )
+                finished += done
+                if complete:
+                    self._others_at, self._others_owed = started, False
+            else:
+                self._others_owed = True
+        except Exception:
+            self._failures += 1
+            logger.exception("inbox pass failed (%d in a row); retrying", self._failures)
+            return min(self._poll_seconds * 2.0**self._failures, 30.0)
+        self._failures = 0
+        fed, self._fed_downstream = self._fed_downstream, False
+        now = time.monotonic()
+        wait = self._feed(fed, now)
+        if self._others_owed:  # come back for them when their turn is due
+            wait = min(wait, max(0.0, self._others_at + self._others_every - now))
+        return 0.0 if finished >= _PASS_LIMIT else wait  # a full pass: more is waiting now
+
+    def _feed(self, fed: bool, now: float) -> float:
+        """Wake the downstream workers owed a wake and allowed one now; the seconds until
+        the next owed one is allowed (the poll interval if none is owed)."""
+        waits = [target.feed(fed, now) for target in self._downstream]
+        return min([self._poll_seconds, *(w for w in waits if w is not None)])
 
     # -- processing --------------------------------------------------------------------------
 
-    def process_pending(self, limit: int = 500) -> int:
-        """Process up to ``limit`` pending rows; returns how many were finished (done or
-        quarantined). Rows left pending for later (deferred statuses) are not counted, and
-        each is tried at most once per call."""
+    def process_pending(self, limit: int = 500, *, kinds: Kinds = "all") -> int:
+        """Process up to ``limit`` pending rows (of ``kinds``: inbound messages, the
+        others, or all); returns how many were finished (done or quarantined). Rows left
+        pending for later (deferred statuses) are not counted, and each is tried at most
+        once per call."""
+        return self._drain(limit, kinds)[0]
+
+    def _drain(
+        self,
+        limit: int,
+        kinds: Kinds,
+        *,
+        size: int | None = None,
+        give_way: Callable[[], bool] | None = None,
+    ) -> tuple[int, bool]:
+        """(rows finished, whether everything pending was looked at): batches of ``size``
+        rows until none is left or ``limit`` is reached, or ``give_way`` says to stop."""
         finished = 0
         after_id = 0
         while finished < limit:
             try:
                 claimed, done, after_id = self._process_batch(
-                    after_id, min(self._batch_size, limit - finished)
+                    after_id, min(size or self._batch_size, limit - finished), kinds
                 )
             except _StoreFailure as failure:
                 self._count_store_failure(failure)
                 raise failure.cause from failure
             finished += done
             if claimed == 0:
-                break
-        return finished
+                return finished, True
+            if give_way is not None and give_way():
+                return finished, False
+        return finished, False
 
-    def _process_batch(self, after_id: int, size: int) -> tuple[int, int, int]:
+    def _process_batch(self, after_id: int, size: int, kinds: Kinds) -> tuple[int, int, int]:
+        query = select(inbox).where(inbox.c.state == "pending", inbox.c.id > after_id)
+        if kinds == "messages":
+            query = query.where(inbox.c.kind == "message")
+        elif kinds == "others":
+            query = query.where(inbox.c.kind != "message")
         with self._engine.begin() as conn:
             rows = conn.execute(
-                select(inbox)
-                .where(inbox.c.state == "pending", inbox.c.id > after_id)
-                .order_by(inbox.c.id)
-                .limit(size)
-                .with_for_update(skip_locked=True)
+                query.order_by(inbox.c.id).limit(size).with_for_update(skip_locked=True)
             ).all()
             loaded = [(row, _load(row.payload)) for row in rows]
             # Contacts are locked in one global order (by sender), so processors sharing the
             # inbox never wait on each other in a cycle; each sender's rows keep id order.
             loaded.sort(key=lambda item: (_sender(item[0].kind, item[1]), item[0].id))
+            self._queued = False
             done = sum(self._process_row(conn, row, payload) for row, payload in loaded)
+            claimed = self._claim_for_handover(conn) if self._queued else ()
+        if claimed:  # committed: the replies queued above may leave now
+            assert self._handover is not None
+            self._handover.hand_over(claimed)
         return len(rows), done, rows[-1].id if rows else after_id
+
+    def _claim_for_handover(self, conn: Connection) -> Sequence[Any]:
+        """The sender's claim of what this batch queued, in this transaction (see
+        :meth:`WhatsAppOutboxWorker.claim_in`); nothing if it fails: the sender's own claim
+        then finds the rows, a moment later."""
+        if self._handover is None:
+            return ()
+        try:
+            with conn.begin_nested():
+                return self._handover.claim_in(conn, self._clock())
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            logger.warning("claim for the sender failed, left to it: %s", _reason(exc))
+            return ()
 
     def _process_row(self, conn: Connection, row: Row[Any], payload: _Payload) -> bool:
         """Handle one row in a savepoint; True when it left the pending state."""
@@ -187,26 +270,14 @@ class InboxProcessor:
         except Exception as exc:  # bad data of any shape: keep it, say why, go on
             self._quarantine(conn, row, now, _reason(exc))
             return True
-        conn.execute(
-            inbox.update()
-            .where(inbox.c.id == row.id)
-            .values(state="done", processed_at=now, attempts=row.attempts + 1)
-        )
+        conn.execute(_DONE, {"row_id": row.id, "at": now, "tries": row.attempts + 1})
         return True
 
     def _dispatch(self, conn: Connection, row: Row[Any], payload: _Payload, now: datetime) -> None:
         if isinstance(payload, ValueError):
             raise payload
         if row.kind == "message":
-            handle_message(
-                conn,
-                account_id=row.account_id,
-                message=parse_message(payload),
-                raw=payload["message"],
-                replies=self._replies,
-                now=now,
-                default_phone_number_id=self._settings.whatsapp_phone_number_id,
-            )
+            self._apply_message(conn, row, payload, now)
         elif row.kind == "status":
             self._apply_status(conn, row, payload, now)
         elif row.kind == "error":
@@ -220,6 +291,65 @@ class InboxProcessor:
         elif not row.kind.startswith("field:"):
             raise ValueError(f"unknown inbox kind {row.kind!r}")
         # field:* rows (account, template, quality updates) are kept as the record.
+
+    def _apply_message(
+        self, conn: Connection, row: Row[Any], payload: dict[str, Any], now: datetime
+    ) -> None:
+        message = parse_message(payload)
+        outcome = handle_message(
+            conn, account_id=row.account_id, message=message, raw=payload["message"], now=now
+        )
+        # A duplicate changed nothing, so there is nothing new for rules either; a number
+        # change notice is WhatsApp speaking, not the customer.
+        if outcome.message_id is None:
+            return
+        self._fed_downstream = self._queued = True  # the contact's CRM change, maybe a reply
+        if message.type is MessageType.SYSTEM:
+            return
+        if not message.phone_number_id and self._settings.whatsapp_phone_number_id:
+            # Replies leave from the number written to; the configured one if the event
+            # did not say (rules otherwise use the account's first number).
+            message = replace(message, phone_number_id=self._settings.whatsapp_phone_number_id)
+        self._run_rules(
+            conn,
+            row,
+            now,
+            lambda: self.rules.on_message(
+                conn,
+                account_id=row.account_id,
+                contact_id=outcome.contact_id,
+                message=message,
+                message_row_id=outcome.message_id,
+                now=now,
+                opened_ticket_id=outcome.ticket_id,
+                contact_row=outcome.contact,
+            ),
+        )
+
+    def _run_rules(
+        self, conn: Connection, row: Row[Any], now: datetime, run: Callable[[], object]
+    ) -> None:
+        """``run`` the rules in a savepoint; a rule that fails is rolled back and recorded,
+        and the row's own effects stay."""
+        try:
+            with conn.begin_nested():
+                run()
+        except DBAPIError as exc:
+            if not isinstance(exc, IntegrityError | DataError) or exc.connection_invalidated:
+                raise _StoreFailure(row.id, exc) from exc
+            self._rules_failed(conn, row, now, exc)
+        except Exception as exc:
+            self._rules_failed(conn, row, now, exc)
+
+    def _rules_failed(
+        self, conn: Connection, row: Row[Any], now: datetime, exc: BaseException
+    ) -> None:
+        reason = _reason(exc)
+        logger.error("inbox row %s (%s): rules failed, event kept: %s", row.id, row.kind, reason)
+        held = QuarantineRow(
+            row.account_id, RULES_QUARANTINE_SOURCE, reason, _quarantined(row), now
+        )
+        insert_quarantine_rows(conn, [held])
 
     def _apply_status(
         self, conn: Connection, row: Row[Any], payload: dict[str, Any], now: datetime
@@ -253,6 +383,16 @@ class InboxProcessor:
             values["error_code"] = str(error.get("code"))[:32]
             values["error_title"] = error.get("title") or error.get("message")
         conn.execute(messages.update().where(messages.c.id == found.id).values(**values))
+        if new is DeliveryStatus.FAILED:
+            self._fed_downstream = self._queued = True
+            self._run_rules(
+                conn,
+                row,
+                now,
+                lambda: self.rules.on_status(
+                    conn, account_id=row.account_id, status=update, now=now
+                ),
+            )
 
     # -- row states --------------------------------------------------------------------------
 
@@ -325,13 +465,3 @@ def _quarantined(row: Row[Any]) -> str:
             "payload": row.payload,
         }
     ).decode()
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
-    """Return when any of ``events`` is set, or after ``timeout`` seconds."""
-    tasks = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -14,28 +14,33 @@ a status can be correlated even if it races this commit.
 Order per recipient is kept: a row is not claimed while an earlier row to the same recipient
 waits, and a recipient held back in a batch holds its later rows too. Failures are handled by
 the table in :mod:`wacrm.whatsapp.errors`; see :meth:`WhatsAppOutboxWorker._on_error`.
+A message that fails for good is handed to the rules (``message_failed`` triggers) in the
+transaction that records the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from wacrm.config import Settings
 from wacrm.whatsapp.errors import SendAction
 from wacrm.whatsapp.meta_send import CloudApiClient, SendError
 from wacrm.whatsapp.pacing import PairLimiter, TokenBucket
 from wacrm.workers import whatsapp_queue as queue
+from wacrm.workers.threaded import WorkerThread
 from wacrm.workers.whatsapp_policy import (
     WINDOW,
     OutboxPolicy,
@@ -43,13 +48,16 @@ from wacrm.workers.whatsapp_policy import (
     backoff_seconds,
     template_key,
 )
-from wacrm.workers.whatsapp_queue import Job, enqueue_send
+from wacrm.workers.whatsapp_queue import Job
+
+if TYPE_CHECKING:  # the rules (and lingua behind them) load only where rules run
+    from wacrm.rules.runtime import RuleRuntime
 
 log = logging.getLogger(__name__)
 
 _THROTTLE_CODES = frozenset({4, 80007, 130429})  # app / WABA / number throughput
 
-__all__ = ["OutboxPolicy", "WhatsAppOutboxWorker", "enqueue_send"]
+__all__ = ["OutboxPolicy", "WhatsAppOutboxWorker"]
 
 
 class WhatsAppOutboxWorker:
@@ -67,8 +75,11 @@ class WhatsAppOutboxWorker:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        rules: RuleRuntime | None = None,
     ) -> None:
+        """``rules``: told of every message that fails for good (``message_failed``)."""
         self._engine = engine
+        self.rules = rules
         self._settings = settings
         self._client = client
         self.policy = policy or OutboxPolicy()
@@ -82,18 +93,25 @@ class WhatsAppOutboxWorker:
         self._buckets: dict[str, TokenBucket] = {}
         self._pairs: dict[str, PairLimiter] = {}
         self._stopped = StoppedTemplates()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._thread = WorkerThread("whatsapp-outbox", self._step)
+        # Jobs the inbox processor claimed in its own transaction and handed over.
+        self._handed: collections.deque[Job] = collections.deque()
         self._owned_http: httpx.Client | None = None
 
     @classmethod
     def from_settings(
-        cls, engine: Engine, settings: Settings, *, policy: OutboxPolicy | None = None
+        cls,
+        engine: Engine,
+        settings: Settings,
+        *,
+        policy: OutboxPolicy | None = None,
+        rules: RuleRuntime | None = None,
     ) -> WhatsAppOutboxWorker:
         """The worker the server runs: a Cloud API client on its own ``httpx.Client``
         (closed by :meth:`close`), sending to ``settings.graph_url``."""
         http = httpx.Client(timeout=30.0)
-        worker = cls(engine, settings, CloudApiClient(settings, http=http), policy=policy)
+        client = CloudApiClient(settings, http=http)
+        worker = cls(engine, settings, client, policy=policy, rules=rules)
         worker._owned_http = http
         return worker
 
@@ -105,36 +123,55 @@ class WhatsAppOutboxWorker:
     # -- the Worker protocol ----------------------------------------------------------------
 
     def wake(self) -> None:
-        loop, event = self._loop, self._wake
-        if loop is None or event is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            event.set()
-        else:
-            loop.call_soon_threadsafe(event.set)
+        """New rows are committed: look now. Safe from any thread."""
+        self._thread.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send whatever is due, then wait for :meth:`wake` or the poll interval."""
-        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
-        while not stop.is_set():
+        await self._thread.run(stop)
+
+    def _step(self) -> float:
+        try:
+            done = self.process_due()
+        except Exception:  # the database may be briefly away; never end the loop
+            log.exception("whatsapp outbox pass failed")
+            done = 0
+        return 0.0 if done else self.policy.poll_interval
+
+    # -- hand-over from the inbox processor ---------------------------------------------------
+
+    def claim_in(self, conn: Connection, now: datetime) -> list[Job]:
+        """Claim due rows in the inbox processor's transaction, just before it commits.
+
+        A reply the processor has just queued then needs no transaction of its own (a wait
+        for the store's lock, a commit, a wake-up) before it leaves: :meth:`hand_over`
+        passes the jobs here once that commit is done, and if it is not, the claim is rolled
+        back with it. Nothing is claimed while handed-over jobs are still waiting (claims
+        would age in memory), or while sending is paused.
+        """
+        if self._handed or (self._all_paused_until is not None and now < self._all_paused_until):
+            return []
+        return queue.claim_in(
+            conn,
+            now,
+            limit=self.policy.batch_size,
+            lease=self.policy.lease,
+            skip_numbers=self._blocked_numbers(now),
+        )
+
+    def hand_over(self, jobs: Sequence[Job]) -> None:
+        """Jobs from :meth:`claim_in` whose transaction has committed: send them now."""
+        if jobs:
+            self._handed.extend(jobs)  # deque.extend/popleft are thread-safe
+            self.wake()
+
+    def _take_handed(self) -> list[Job]:
+        jobs = []
+        while True:
             try:
-                done = await asyncio.to_thread(self.process_due)
-            except Exception:  # the database may be briefly away; never end the loop
-                log.exception("whatsapp outbox pass failed")
-                done = 0
-            if done:
-                continue
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            _, pending = await asyncio.wait(
-                waiters, timeout=self.policy.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
-            self._wake.clear()
+                jobs.append(self._handed.popleft())
+            except IndexError:
+                return jobs
 
     def resume(self, phone_number_id: str | None = None) -> None:
         """Ops fixed the account: send again from ``phone_number_id`` (or every number)."""
@@ -149,9 +186,12 @@ class WhatsAppOutboxWorker:
     def process_due(self) -> int:
         """Claim and handle the rows due now; returns how many were handled."""
         now = self._clock()
-        if self._all_paused_until is not None and now < self._all_paused_until:
-            return 0
-        jobs = self._claim(now)
+        # Jobs handed over go before anything is claimed: a customer is waiting for them,
+        # and a claim first would put a transaction in front. A pass that handled something
+        # is followed by another at once, which claims.
+        jobs = self._take_handed()
+        if not jobs and (self._all_paused_until is None or now >= self._all_paused_until):
+            jobs = self._claim(now)
         held: dict[tuple[str, str], datetime] = {}  # recipients held back in this pass
         for job in jobs:
             try:
@@ -162,7 +202,8 @@ class WhatsAppOutboxWorker:
         return len(jobs)
 
     def _blocked_numbers(self, now: datetime) -> list[str]:
-        paused = [pnid for pnid, until in self._paused_until.items() if until > now]
+        # Copies first: the processor's thread asks too (claim_in) while this one changes them.
+        paused = [pnid for pnid, until in dict(self._paused_until).items() if until > now]
         return sorted(set(self.halted) | set(paused))
 
     def _claim(self, now: datetime) -> list[Job]:
@@ -178,6 +219,10 @@ class WhatsAppOutboxWorker:
 
     def _handle(self, job: Job, held: dict[tuple[str, str], datetime]) -> None:
         now = self._clock()
+        if job.leased_until is not None and now >= job.leased_until:
+            # Its lease ran out before its turn came: another sender may have claimed it.
+            log.warning("outbox %s: lease ran out before sending; left to the next claim", job.id)
+            return
         if job.phone_number_id in self.halted:
             self._release(job, now)  # not claimed again until resume()
             return
@@ -369,6 +414,36 @@ class WhatsAppOutboxWorker:
         self, job: Job, code: int | None, error: str, title: str, *, flag: bool = False
     ) -> None:
         queue.mark_failed(
-            self._engine, job, code=code, error=error, title=title, now=self._clock(), flag=flag
+            self._engine,
+            job,
+            code=code,
+            error=error,
+            title=title,
+            now=self._clock(),
+            flag=flag,
+            on_failed=self._tell_rules if self.rules is not None else None,
         )
         log.warning("outbox %s failed for good: %s", job.id, error)
+
+    def _tell_rules(
+        self, conn: Connection, job: Job, code: str | None, title: str, now: datetime
+    ) -> None:
+        """``message_failed`` rules for a send that failed here (no status webhook will
+        come). Keyed by the message row, so a failed status for it later fires nothing."""
+        assert self.rules is not None
+        try:
+            with conn.begin_nested():
+                self.rules.on_send_failed(
+                    conn,
+                    account_id=job.account_id,
+                    message_row_id=job.message_id,
+                    error_code=code,
+                    error_title=title,
+                    now=now,
+                )
+        except DBAPIError:
+            raise  # the store, not the rule: the whole failure is recorded again later
+        except Exception:
+            # A broken rule must not keep the failure from being recorded (the row would be
+            # leased again and resent); its effects are rolled back with the savepoint.
+            log.exception("rules for failed outbox %s could not run", job.id)

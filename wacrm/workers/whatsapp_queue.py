@@ -1,15 +1,18 @@
-"""The ``wa_outbox`` table's operations: enqueue, claim with a lease, and the writes that
-record each outcome. Every function is one short transaction (or runs in the caller's);
-the decisions about *which* outcome belong to :mod:`wacrm.workers.whatsapp_outbox`."""
+"""The ``wa_outbox`` table's operations: claim with a lease, and the writes that record each
+outcome. Every function is one short transaction; the decisions about *which* outcome belong
+to :mod:`wacrm.workers.whatsapp_outbox`. Rows are queued by
+:func:`wacrm.store.whatsapp_outbox.enqueue_send`."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, exists, func, select
+from sqlalchemy import Connection, Engine, Integer, Select, bindparam, exists, func, select
 
 from wacrm.model import DeliveryStatus, advance_status
 from wacrm.store.schema import contacts, messages, wa_outbox
@@ -17,63 +20,9 @@ from wacrm.workers.whatsapp_policy import flag_contact
 
 _CLAIM_LOCK_KEY = 0x7761_6F75  # "waou": serialises claims across PostgreSQL workers
 
-
-def enqueue_send(
-    conn: Connection,
-    *,
-    account_id: int,
-    phone_number_id: str,
-    body: dict[str, Any],
-    contact_id: int | None = None,
-    text: str | None = None,
-    rule: str | None = None,
-    in_reply_to: int | None = None,
-    fallback: dict[str, Any] | None = None,
-    now: datetime | None = None,
-) -> tuple[int, int]:
-    """Store an outbound message and its outbox row in the caller's transaction.
-
-    ``body`` is a Cloud API body (see :mod:`wacrm.whatsapp.meta_bodies`); ``fallback`` a
-    template body used if the 24 h window is closed. Returns ``(message id, outbox id)``.
-    """
-    now = now or datetime.now(UTC)
-    request = orjson.dumps(body).decode()
-    kind = str(body.get("type") or "text")
-    if text is None and kind == "text":
-        text = str(body.get("text", {}).get("body", ""))
-    message_key = conn.execute(
-        messages.insert().values(
-            account_id=account_id,
-            contact_id=contact_id,
-            direction="out",
-            provider="meta",
-            type=kind,
-            text=text,
-            payload=request,
-            status=DeliveryStatus.QUEUED.value,
-            status_at=now,
-            rule=rule,
-            in_reply_to=in_reply_to,
-            created_at=now,
-        )
-    ).inserted_primary_key
-    assert message_key is not None
-    outbox_key = conn.execute(
-        wa_outbox.insert().values(
-            account_id=account_id,
-            message_id=int(message_key[0]),
-            phone_number_id=phone_number_id,
-            recipient=str(body["to"]),
-            request=request,
-            fallback_request=orjson.dumps(fallback).decode() if fallback else None,
-            state="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-    ).inserted_primary_key
-    assert outbox_key is not None
-    return int(message_key[0]), int(outbox_key[0])
+# Told, inside the transaction that records it, that a message failed for good:
+# (conn, job, error code or None, error title, now). The rules' "message failed" hook.
+FailureHook = Callable[[Connection, "Job", str | None, str, datetime], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,22 +39,24 @@ class Job:
     attempts: int
     created_at: datetime
     contact_id: int | None
+    # When the recipient last wrote (the 24 h window), read with the claim; None: never,
+    # or the message has no contact (then :func:`last_inbound_at` looks it up by phone).
+    last_inbound_at: datetime | None = None
+    # Another sender may claim the row after this (its lease ran out): don't send it then.
+    leased_until: datetime | None = None
 
     @property
     def pair(self) -> tuple[str, str]:
         return (self.phone_number_id, self.recipient)
 
 
-def claim(
-    engine: Engine, now: datetime, *, limit: int, lease: timedelta, skip_numbers: list[str]
-) -> list[Job]:
-    """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``.
-
-    A row is not due while an earlier row to the same recipient waits (order is kept), and
-    a ``sending`` row whose lease ran out is due again (its worker died).
-    """
+@functools.cache
+def _claim_query(postgres: bool, skipping: bool) -> Select[Any]:
+    """The claim's SELECT, built once per variant: it runs for every batch the processor
+    hands over, and building and keying a statement this size cost more than running it."""
     o = wa_outbox
     earlier = wa_outbox.alias("earlier")
+    now = bindparam("now", type_=o.c.next_attempt_at.type)
     waiting_before = exists().where(
         earlier.c.phone_number_id == o.c.phone_number_id,
         earlier.c.recipient == o.c.recipient,
@@ -125,28 +76,64 @@ def claim(
             o.c.attempts,
             o.c.created_at,
             messages.c.contact_id,
+            contacts.c.last_inbound_at,
         )
         .join(messages, messages.c.id == o.c.message_id)
+        # Read here, in the claim, rather than in a transaction of its own per send.
+        .outerjoin(contacts, contacts.c.id == messages.c.contact_id)
         .where(o.c.state.in_(("pending", "sending")), o.c.next_attempt_at <= now)
         .where(~waiting_before)
         .order_by(o.c.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer()))
     )
-    if skip_numbers:
-        query = query.where(o.c.phone_number_id.not_in(skip_numbers))
+    if skipping:
+        query = query.where(o.c.phone_number_id.not_in(bindparam("skip", expanding=True)))
+    if postgres:
+        query = query.with_for_update(of=o, skip_locked=True)
+    return query
+
+
+_LEASE = (
+    wa_outbox.update()
+    .where(wa_outbox.c.id.in_(bindparam("ids", expanding=True)))
+    .values(state="sending", next_attempt_at=bindparam("until"))
+)
+
+
+def claim(
+    engine: Engine, now: datetime, *, limit: int, lease: timedelta, skip_numbers: list[str]
+) -> list[Job]:
+    """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``, in a
+    transaction of its own; see :func:`claim_in`."""
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Without this, two workers could each see the other's not-yet-committed claim
-            # as still pending and send one recipient's messages out of order.
-            conn.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
-            query = query.with_for_update(of=o, skip_locked=True)
-        rows = conn.execute(query).all()
-        if rows:
-            conn.execute(
-                o.update()
-                .where(o.c.id.in_([r.id for r in rows]))
-                .values(state="sending", next_attempt_at=now + lease)
-            )
+        return claim_in(conn, now, limit=limit, lease=lease, skip_numbers=skip_numbers)
+
+
+def claim_in(
+    conn: Connection,
+    now: datetime,
+    *,
+    limit: int,
+    lease: timedelta,
+    skip_numbers: list[str],
+) -> list[Job]:
+    """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``, in the
+    caller's transaction: the jobs are the caller's to send once it has committed.
+
+    A row is not due while an earlier row to the same recipient waits (order is kept), and
+    a ``sending`` row whose lease ran out is due again (its worker died).
+    """
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        # Without this, two workers could each see the other's not-yet-committed claim
+        # as still pending and send one recipient's messages out of order.
+        conn.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
+    params: dict[str, Any] = {"now": now, "limit": limit}
+    if skip_numbers:
+        params["skip"] = skip_numbers
+    rows = conn.execute(_claim_query(postgres, bool(skip_numbers)), params).all()
+    if rows:
+        conn.execute(_LEASE, {"ids": [r.id for r in rows], "until": now + lease})
     return [
         Job(
             id=int(r.id),
@@ -159,6 +146,8 @@ def claim(
             attempts=int(r.attempts),
             created_at=r.created_at,
             contact_id=int(r.contact_id) if r.contact_id is not None else None,
+            last_inbound_at=r.last_inbound_at,
+            leased_until=now + lease,
         )
         for r in rows
     ]
@@ -213,8 +202,11 @@ def mark_failed(
     title: str,
     now: datetime,
     flag: bool = False,
+    on_failed: FailureHook | None = None,
 ) -> None:
-    """Failed for good: the message is ``failed`` with the code; the contact maybe flagged."""
+    """Failed for good: the message is ``failed`` with the code; the contact maybe flagged;
+    ``on_failed`` runs in the same transaction, so what it writes is there exactly when
+    the failure is."""
     with engine.begin() as conn:
         current = conn.execute(
             select(messages.c.status).where(messages.c.id == job.message_id)
@@ -239,6 +231,8 @@ def mark_failed(
         )
         if flag and job.contact_id is not None:
             flag_contact(conn, job.contact_id, code, now)
+        if on_failed is not None:
+            on_failed(conn, job, str(code) if code is not None else None, title, now)
 
 
 def use_fallback(engine: Engine, job: Job) -> None:
@@ -260,14 +254,13 @@ def use_fallback(engine: Engine, job: Job) -> None:
 
 
 def last_inbound_at(engine: Engine, job: Job) -> datetime | None:
-    """When the recipient last wrote to us: by the message's contact, else by phone."""
-    query = select(contacts.c.last_inbound_at)
+    """When the recipient last wrote to us: by the message's contact (read with the
+    claim), else by phone."""
     if job.contact_id is not None:
-        query = query.where(contacts.c.id == job.contact_id)
-    else:
-        query = query.where(
-            contacts.c.account_id == job.account_id, contacts.c.phone == job.recipient
-        )
+        return job.last_inbound_at
+    query = select(contacts.c.last_inbound_at).where(
+        contacts.c.account_id == job.account_id, contacts.c.phone == job.recipient
+    )
     with engine.connect() as conn:
         found: datetime | None = conn.execute(query).scalar()
     return found

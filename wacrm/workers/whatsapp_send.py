@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 
 from wacrm.config import Settings
 from wacrm.store.schema import contacts, messages, wa_outbox
+from wacrm.store.whatsapp_outbox import enqueue_send
 from wacrm.whatsapp.meta_bodies import (
     MediaKind,
     body_parameters,
@@ -25,7 +26,6 @@ from wacrm.whatsapp.meta_bodies import (
 )
 from wacrm.whatsapp.meta_send import CloudApiClient
 from wacrm.workers.whatsapp_outbox import OutboxPolicy, WhatsAppOutboxWorker
-from wacrm.workers.whatsapp_queue import enqueue_send
 
 
 @dataclass(frozen=True, slots=True)
