@@ -58,11 +58,11 @@ def test_given_settings_when_workers_built_then_one_rules_runtime_shared_and_opt
 
     workers = build_workers(settings, sqlite_engine)
 
-    assert [w.name for w in workers] == ["inbox", "whatsapp-outbox", "crm_outbox", "rule_timer"]
+    assert [w.name for w in workers] == ["inbox", "whatsapp-outbox", "sync", "rule_timer", "media"]
     inbox, *fed = workers
     # Only the processor is woken by webhooks; it wakes the outboxes itself.
     assert all(isinstance(w, DownstreamOnly) for w in fed)
-    whatsapp, _crm, timer = (w.worker for w in fed if isinstance(w, DownstreamOnly))
+    whatsapp, _sync, timer, _media = (w.worker for w in fed if isinstance(w, DownstreamOnly))
     assert isinstance(inbox, InboxProcessor)
     assert isinstance(whatsapp, WhatsAppOutboxWorker)
     assert isinstance(timer, RuleTimer)

@@ -13,12 +13,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from wacrm.config import ConfigError, Settings, load_settings
-from wacrm.connectors.base import CrmConnector
-from wacrm.connectors.local import LocalConnector
 from wacrm.rules.language import LanguageDetector
 from wacrm.rules.loader import load_ruleset
 from wacrm.rules.options import install_all_local_options
@@ -27,10 +25,10 @@ from wacrm.rules.schema import RuleFileError, RuleSet
 from wacrm.server.app import WacrmApp, create_app, require_webhook_secrets
 from wacrm.store import create_store_engine, migrate
 from wacrm.store.accounts import ensure_account, register_number
-from wacrm.store.schema import accounts
+from wacrm.sync.commands import build_sync_worker
 from wacrm.workers.base import Worker
-from wacrm.workers.crm_outbox import CrmOutboxWorker
 from wacrm.workers.inbox import InboxProcessor
+from wacrm.workers.media import MediaWorker
 from wacrm.workers.rule_timer import RuleTimer
 from wacrm.workers.threaded import Downstream
 from wacrm.workers.whatsapp_outbox import WhatsAppOutboxWorker
@@ -40,26 +38,6 @@ BuildWorkers = Callable[[Settings, Engine], Sequence[Worker]]
 # through the connector, the outcome) competing with the replies for the store and the GIL;
 # at tens of messages a second, one flush per quarter second batches them.
 CRM_WAKE_EVERY = 0.25
-
-
-def connector_for(engine: Engine) -> Callable[[int], CrmConnector]:
-    """The CRM connector of each account, by the account's ``crm`` (cached per account)."""
-    cache: dict[int, CrmConnector] = {}
-
-    def get(account_id: int) -> CrmConnector:
-        if account_id not in cache:
-            with engine.connect() as conn:
-                crm = conn.execute(
-                    select(accounts.c.crm).where(accounts.c.id == account_id)
-                ).scalar()
-            if crm is None:
-                raise ConfigError(f"account {account_id} does not exist")
-            if crm != "local":
-                raise ConfigError(f"account {account_id}: CRM {crm!r} has no connector yet")
-            cache[account_id] = LocalConnector(engine, account_id)
-        return cache[account_id]
-
-    return get
 
 
 def load_rules(settings: Settings) -> RuleSet:
@@ -122,7 +100,8 @@ def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
     rules = build_rules(settings)
     install_rule_options(engine, rules.ruleset)
     whatsapp = WhatsAppOutboxWorker.from_settings(engine, settings, rules=rules)
-    crm = CrmOutboxWorker(engine, connector_for(engine))
+    # Both sync directions: the CRM outbox (batched, rate-budgeted) and CRM changes read back.
+    crm = build_sync_worker(engine)
     # The CRM gets its changes within a quarter second, in batches; the reply goes at once.
     crm_feed = Downstream(crm.wake, every=CRM_WAKE_EVERY)
     inbox = InboxProcessor(
@@ -133,6 +112,8 @@ def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
         DownstreamOnly(whatsapp),
         DownstreamOnly(crm),
         DownstreamOnly(RuleTimer(engine, rules)),
+        # Attachments are fetched while Meta's URL is fresh; it finds its work on its own.
+        DownstreamOnly(MediaWorker.from_settings(engine, settings)),
     )
 
 
