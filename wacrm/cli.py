@@ -71,10 +71,18 @@ def cli() -> None:
     show_default=True,
     help="Server processes (each reads its settings from the environment).",
 )
+@click.option(
+    "--inline-workers",
+    is_flag=True,
+    help="Run the background workers inside the server process instead of their own.",
+)
 @click.pass_context
 @user_errors
-def serve(ctx: click.Context, host: str | None, port: int | None, processes: int) -> None:
-    """Receive WhatsApp webhooks and store them durably in the inbox."""
+def serve(
+    ctx: click.Context, host: str | None, port: int | None, processes: int, inline_workers: bool
+) -> None:
+    """Receive WhatsApp webhooks and store them durably in the inbox; process them in a
+    supervised worker process (inbox, rules, WhatsApp and CRM outboxes, media, sync)."""
     from dataclasses import replace
 
     from wacrm.server.runtime import serve as run_server
@@ -85,7 +93,24 @@ def serve(ctx: click.Context, host: str | None, port: int | None, processes: int
         host=host if host is not None else settings.host,
         port=port if port is not None else settings.port,
     )
-    run_server(settings, processes=processes)
+    run_server(settings, processes=processes, inline_workers=inline_workers)
+
+
+@cli.command()
+@click.option(
+    "--wake-fd",
+    type=int,
+    default=None,
+    hidden=True,
+    help="UDP socket inherited from `wacrm serve` for new-work wake-ups.",
+)
+@click.pass_context
+@user_errors
+def worker(ctx: click.Context, wake_fd: int | None) -> None:
+    """Run the background workers only (`wacrm serve` starts this for you)."""
+    from wacrm.server.runtime import run_worker_process
+
+    run_worker_process(settings_from(ctx), wake_fd)
 
 
 # phone: imports stay inside the commands so `wacrm --help` does not load phonenumbers.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,8 +31,10 @@ from wacrm.sync.commands import build_sync_worker
 from wacrm.workers.base import Worker
 from wacrm.workers.inbox import InboxProcessor
 from wacrm.workers.media import MediaWorker
+from wacrm.workers.process import WorkerProcess, run_workers
 from wacrm.workers.rule_timer import RuleTimer
 from wacrm.workers.threaded import Downstream
+from wacrm.workers.wake import WAKE_PORT_ENV, WakeSender, bind_wake_socket
 from wacrm.workers.whatsapp_outbox import WhatsAppOutboxWorker
 
 BuildWorkers = Callable[[Settings, Engine], Sequence[Worker]]
@@ -148,34 +152,76 @@ def build_app(settings: Settings, make_workers: BuildWorkers = build_workers) ->
     return create_app(settings, engine, workers=make_workers(settings, engine))
 
 
+def wake_only(port: int) -> BuildWorkers:
+    """Workers for a server process whose background work runs in the worker process:
+    only the sender that wakes it after each commit."""
+
+    def make(_settings: Settings, _engine: Engine) -> Sequence[Worker]:
+        return (WakeSender(port),)
+
+    return make
+
+
 def app_factory() -> WacrmApp:
     """For ``uvicorn --factory wacrm.server.runtime:app_factory`` and ``--workers N``:
     each process reads its settings from the environment (and ``wacrm.toml``)."""
-    return build_app(load_settings())
+    port = os.environ.get(WAKE_PORT_ENV)
+    return build_app(load_settings(), wake_only(int(port)) if port else build_workers)
 
 
-def serve(
-    settings: Settings, *, processes: int = 1, make_workers: BuildWorkers = build_workers
-) -> None:
-    """Listen on ``settings.host:settings.port`` until interrupted.
-
-    With ``processes > 1`` uvicorn starts each process from :func:`app_factory`, which reads
-    the settings from the environment again and runs :func:`build_workers`; so settings given
-    only in code, or custom ``make_workers``, need a single process.
-    """
-    import uvicorn
-
+def run_worker_process(settings: Settings, wake_fd: int | None) -> None:
+    """``wacrm worker``: every background worker, woken through ``wake_fd`` if given."""
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    engine = open_store(settings)
+    ensure_default_account(engine, settings)
+    workers = build_workers(settings, engine)
+    sock = socket.socket(fileno=wake_fd) if wake_fd is not None else None
+    try:
+        # Started by `wacrm serve` (it passes the wake socket): end with it.
+        asyncio.run(run_workers(workers, sock, watch_parent=sock is not None))
+    finally:
+        engine.dispose()
+
+
+def serve(
+    settings: Settings,
+    *,
+    processes: int = 1,
+    make_workers: BuildWorkers = build_workers,
+    inline_workers: bool = False,
+) -> None:
+    """Listen on ``settings.host:settings.port`` until interrupted.
+
+    By default the background workers run in a supervised worker process of their own, so
+    processing never competes with ingest for the GIL (see :mod:`wacrm.workers.process`);
+    ``inline_workers`` runs them inside the server process instead (one process in all).
+    With ``processes > 1`` uvicorn starts each process from :func:`app_factory`, which reads
+    the settings from the environment again; so settings given only in code, or custom
+    ``make_workers``, need a single process.
+    """
     if processes < 1:
         raise ConfigError(f"--workers must be at least 1, got {processes}")
+    if not inline_workers and make_workers is build_workers:
+        _serve_with_worker_process(settings, processes)
+        return
     if processes > 1 and make_workers is not build_workers:
         raise ConfigError("custom background workers need a single server process")
     # Before anything is created: bad secrets or rule files end here, as one error line.
     require_webhook_secrets(settings)
     if make_workers is build_workers:
         load_rules(settings)
+    _listen(settings, processes, make_workers)
+
+
+def _listen(settings: Settings, processes: int, make_workers: BuildWorkers) -> None:
+    """Run uvicorn: one process with ``make_workers``, or ``processes`` from app_factory."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -204,3 +250,22 @@ def serve(
     finally:
         engine.dispose()
     uvicorn.run("wacrm.server.runtime:app_factory", factory=True, workers=processes, **common)
+
+
+def _serve_with_worker_process(settings: Settings, processes: int) -> None:
+    require_webhook_secrets(settings)
+    load_rules(settings)  # a bad rule file is one error line here, not a crashing child
+    engine = open_store(settings)  # migrate and seed once, before any process starts
+    try:
+        ensure_default_account(engine, settings)
+    finally:
+        engine.dispose()
+    wake_sock = bind_wake_socket()
+    port = wake_sock.getsockname()[1]
+    worker = WorkerProcess(wake_sock)
+    worker.start()
+    os.environ[WAKE_PORT_ENV] = str(port)  # read by app_factory in each server process
+    try:
+        _listen(settings, processes, wake_only(port))
+    finally:
+        worker.stop()
