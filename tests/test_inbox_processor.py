@@ -955,3 +955,58 @@ async def test_given_running_worker_when_receipt_arrives_then_taken_within_its_b
     assert count(engine, inbox, inbox.c.state == "done") == 2
     stop.set()
     await asyncio.wait_for(task, timeout=5)
+
+
+def test_given_twilio_inbound_row_when_processed_then_same_contact_message_and_ticket_as_meta(
+    engine: Engine, account_id: int, processor: InboxProcessor
+) -> None:
+    from wacrm.whatsapp.twilio_webhook import inbox_payload
+
+    params = {
+        "MessageSid": "SM0123456789abcdef0123456789abcdef",
+        "AccountSid": "AC0123456789abcdef0123456789abcdef",
+        "From": "whatsapp:+14155552671",
+        "To": "whatsapp:+15550783881",
+        "Body": "What is the price?",
+        "NumMedia": "0",
+        "ProfileName": "Sam",
+        "WaId": "14155552671",
+        "MessageType": "text",
+    }
+    payload = orjson.dumps(inbox_payload(params, NOW)).decode()
+    with engine.begin() as conn:
+        insert_inbox_rows(
+            conn, [InboxRow(account_id, "twilio", "message", params["MessageSid"], payload, NOW)]
+        )
+
+    processor.process_pending()
+
+    with engine.connect() as conn:
+        contact = conn.execute(select(contacts.c.phone, contacts.c.unread_count)).one()
+        inbound = conn.execute(
+            select(messages.c.provider, messages.c.provider_message_id, messages.c.text).where(
+                messages.c.direction == "in"
+            )
+        ).one()
+        open_tickets = conn.execute(select(func.count()).select_from(tickets)).scalar_one()
+        state = conn.execute(select(inbox.c.state)).scalar_one()
+    assert tuple(contact) == ("+14155552671", 1)
+    assert tuple(inbound) == ("twilio", params["MessageSid"], "What is the price?")
+    assert open_tickets == 1
+    assert state == "done"
+
+
+def test_given_row_of_unknown_provider_when_processed_then_quarantined_with_reason(
+    engine: Engine, account_id: int, processor: InboxProcessor
+) -> None:
+    with engine.begin() as conn:
+        insert_inbox_rows(
+            conn, [InboxRow(account_id, "carrier-pigeon", "message", "m1", "{}", NOW)]
+        )
+
+    processor.process_pending()
+
+    with engine.connect() as conn:
+        state, error = conn.execute(select(inbox.c.state, inbox.c.error)).one()
+    assert state == "quarantined"
+    assert "no parser for provider 'carrier-pigeon'" in error

@@ -33,15 +33,34 @@ from sqlalchemy import Connection, Engine, Row, bindparam, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from wacrm.config import Settings
-from wacrm.model import DeliveryStatus, MessageType, advance_status
+from wacrm.model import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, advance_status
 from wacrm.rules.runtime import RuleRuntime
 from wacrm.store.inbox import QuarantineRow, insert_quarantine_rows
 from wacrm.store.schema import inbox, messages
 from wacrm.whatsapp.meta_webhook import parse_message, parse_status
+from wacrm.whatsapp.twilio_webhook import parse_twilio_message, parse_twilio_status
 from wacrm.workers.inbound import handle_message
 from wacrm.workers.threaded import Downstream, Handover, WorkerThread
 
 logger = logging.getLogger(__name__)
+
+# Both providers' inbox rows become the same domain events; the row says which parser.
+_PARSERS: dict[
+    str, tuple[Callable[[dict[str, Any]], InboundMessage], Callable[[dict[str, Any]], StatusUpdate]]
+] = {
+    "meta": (parse_message, parse_status),
+    "twilio": (parse_twilio_message, parse_twilio_status),
+}
+
+
+def _parsers(
+    provider: str,
+) -> tuple[Callable[[dict[str, Any]], InboundMessage], Callable[[dict[str, Any]], StatusUpdate]]:
+    try:
+        return _PARSERS[provider]
+    except KeyError:
+        raise ValueError(f"no parser for provider {provider!r}") from None
+
 
 Clock = Callable[[], datetime]
 QUARANTINE_SOURCE = "inbox"
@@ -295,7 +314,7 @@ class InboxProcessor:
     def _apply_message(
         self, conn: Connection, row: Row[Any], payload: dict[str, Any], now: datetime
     ) -> None:
-        message = parse_message(payload)
+        message = _parsers(row.provider)[0](payload)
         outcome = handle_message(
             conn, account_id=row.account_id, message=message, raw=payload["message"], now=now
         )
@@ -354,7 +373,7 @@ class InboxProcessor:
     def _apply_status(
         self, conn: Connection, row: Row[Any], payload: dict[str, Any], now: datetime
     ) -> None:
-        update = parse_status(payload)
+        update = _parsers(row.provider)[1](payload)
         found = conn.execute(
             select(messages.c.id, messages.c.status)
             .where(
@@ -447,7 +466,8 @@ def _sender(kind: str, payload: _Payload) -> str:
     message = payload.get("message") if kind == "message" and isinstance(payload, dict) else None
     if not isinstance(message, dict):
         return ""
-    return str(message.get("from") or message.get("from_user_id") or "")
+    # Meta: "from" / "from_user_id"; Twilio: its form's "From" ("whatsapp:+E164").
+    return str(message.get("from") or message.get("from_user_id") or message.get("From") or "")
 
 
 def _reason(exc: BaseException) -> str:
