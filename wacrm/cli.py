@@ -74,15 +74,16 @@ def cli() -> None:
 @click.option(
     "--inline-workers",
     is_flag=True,
-    help="Run the background workers inside the server process instead of their own.",
+    help="Run the background workers inside the server process (always so on SQLite).",
 )
 @click.pass_context
 @user_errors
 def serve(
     ctx: click.Context, host: str | None, port: int | None, processes: int, inline_workers: bool
 ) -> None:
-    """Receive WhatsApp webhooks and store them durably in the inbox; process them in a
-    supervised worker process (inbox, rules, WhatsApp and CRM outboxes, media, sync)."""
+    """Receive WhatsApp webhooks, store them durably, and run the background workers (inbox,
+    rules, WhatsApp and CRM outboxes, media, sync): on PostgreSQL in a supervised worker
+    process of their own, on SQLite inside the server process."""
     from dataclasses import replace
 
     from wacrm.server.runtime import serve as run_server
