@@ -643,9 +643,10 @@ def test_given_no_app_secret_when_wacrm_serve_then_one_line_error_and_exit_2(
 def test_given_options_when_wacrm_serve_then_runtime_gets_host_port_and_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[Settings, int]] = []
+    calls: list[tuple[Settings, int, bool]] = []
     monkeypatch.setattr(
-        "wacrm.server.runtime.serve", lambda s, processes: calls.append((s, processes))
+        "wacrm.server.runtime.serve",
+        lambda s, processes, inline_workers: calls.append((s, processes, inline_workers)),
     )
     env = {
         "WACRM_CONFIG": str(tmp_path / "absent.toml"),
@@ -654,12 +655,12 @@ def test_given_options_when_wacrm_serve_then_runtime_gets_host_port_and_processe
     }
 
     result = CliRunner(env=env).invoke(
-        cli, ["serve", "--host", "0.0.0.0", "--port", "9001", "--workers", "2"]
+        cli, ["serve", "--host", "0.0.0.0", "--port", "9001", "--workers", "2", "--inline-workers"]
     )
 
     assert result.exit_code == 0, result.output
-    [(settings, processes)] = calls
-    assert (settings.host, settings.port, processes) == ("0.0.0.0", 9001, 2)
+    [(settings, processes, inline_workers)] = calls
+    assert (settings.host, settings.port, processes, inline_workers) == ("0.0.0.0", 9001, 2, True)
 
 
 # --- runtime --------------------------------------------------------------------------------
