@@ -266,27 +266,44 @@ class WhatsAppOutboxWorker:
         queue.mark_sent(self._engine, job, result.provider_message_id, self._clock())
 
     def _pace(self, job: Job, held: dict[tuple[str, str], datetime]) -> bool:
-        """Wait for the number's mps token; hold the recipient if over the pair rate."""
-        now = self._clock()
-        ts = now.timestamp()
-        if self.policy.pair_limit:
-            pairs = self._pairs.setdefault(job.phone_number_id, PairLimiter())
-            wait = pairs.wait(job.recipient, ts)
-            if wait > 0:
-                until = now + timedelta(seconds=wait)
-                held[job.pair] = until
-                self._release(job, until)
+        """Wait for the number's mps token; hold the recipient if over the pair rate.
+
+        The pair rate is judged and recorded at the time the request leaves (after the mps
+        wait), as Meta counts it: judged before the wait, our pair clock would run up to
+        1/mps s ahead of Meta's and a send woken exactly when due would draw 131056."""
+        pairs = (
+            self._pairs.setdefault(job.phone_number_id, PairLimiter())
+            if self.policy.pair_limit
+            else None
+        )
+
+        def over_pair_rate(at: datetime) -> bool:
+            """If a send at ``at`` is over the pair rate, hold the row (and, via ``held``,
+            every later one to the recipient, keeping their order) until it is not."""
+            wait = pairs.wait(job.recipient, at.timestamp()) if pairs is not None else 0.0
+            if wait <= 0:
                 return False
-            pairs.record(job.recipient, ts)
+            until = at + timedelta(seconds=wait)
+            held[job.pair] = until
+            self._release(job, until)
+            return True
+
+        if over_pair_rate(self._clock()):
+            return False  # held before taking an mps token
         if self.policy.mps:
-            # Capacity 1: sends evenly spaced, so every 1 s window holds at most mps of
-            # them, however Meta draws its windows.
-            bucket = self._buckets.setdefault(
-                job.phone_number_id, TokenBucket(self.policy.mps, capacity=1.0)
-            )
-            wait = bucket.reserve(ts)
+            # Capacity 1: sends evenly spaced, so every 1 s window holds at most the rate of
+            # them, however Meta draws its windows. The rate is mps × mps_headroom: see
+            # OutboxPolicy.mps_headroom for why not the mps itself.
+            rate = self.policy.mps * self.policy.mps_headroom
+            bucket = self._buckets.setdefault(job.phone_number_id, TokenBucket(rate, capacity=1.0))
+            wait = bucket.reserve(self._clock().timestamp())
             if wait > 0:
                 self._sleep(wait)  # at most a fraction of a second per message
+        leaves = self._clock()  # when the request actually leaves
+        if over_pair_rate(leaves):
+            return False  # the mps wait ran past the burst: held (its token forgone)
+        if pairs is not None:
+            pairs.record(job.recipient, leaves.timestamp())
         return True
 
     def _in_window(self, job: Job, now: datetime) -> bool:
