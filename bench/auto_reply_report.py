@@ -36,14 +36,17 @@ def section(
         "",
         "`python bench/auto_reply.py` — keyword auto-reply, end to end: a signed webhook",
         "handed to the load generator's HTTP client → the price list's send request arriving",
-        "at the Cloud API sandbox. Three processes on loopback: `wacrm serve` (one process:",
-        "inbox writer, inbox processor with the rules engine, WhatsApp and CRM outbox workers,",
-        "rule timer), the sandbox (which posts the sent/delivered/read status webhooks of every",
-        "reply back to the server, so the server takes 4 webhooks per question), and the",
+        "at the Cloud API sandbox. Three programs on loopback: `wacrm serve` (the webhook",
+        "server and inbox writer; the inbox processor with the rules engine, the WhatsApp",
+        "outbox, the sync loop, the media fetcher and the rule timer run in the same process",
+        "on SQLite and in its worker process on PostgreSQL), the sandbox (which posts the",
+        "sent/delivered/read status webhooks of every reply back, so the server takes 4",
+        "webhooks per question), and the",
         f"generator: {args.messages:,} price questions in 8 languages at a fixed {args.rate:g}/s",
         f"from {args.senders:,} customers to {args.numbers} business numbers, after a",
-        f"{args.warmup}-message warm-up. 2 cores (shared by all three), 24 GiB; `load` is the",
-        "machine's load average when the measured part began.",
+        f"{args.warmup}-message warm-up. 2 cores (shared by all three and the database),",
+        "24 GiB; `server CPU` counts the worker process too; `load` is the machine's load",
+        "average when the measured part began (the machine is shared with other work).",
         "",
         "| store | replies | p50 | p90 | p99 | max | webhook 200 p50 / p99 | server CPU | load |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -70,8 +73,8 @@ def section(
         )
         + ". `ingest`: client, loopback and HTTP parsing until the handler has the body; "
         "`pick-up`: the inbox's group commit, the processor's wake-up and any queue in front "
-        "of it; `reply`: the processor's transaction (rules included) and commit, the outbox "
-        "worker's wake-up, claim and HTTP call.",
+        "of it; `reply`: the processor's transaction (rules included) and commit, the hand-over "
+        "to the sender, its HTTP call and the sandbox reading the request.",
         "",
         "Baselines from the same run, in process (no HTTP, no workers, nothing else running):",
         f"the processor's transaction for one message (contact, message, ticket, rules, reply "
