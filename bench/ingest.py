@@ -189,6 +189,25 @@ def post(client: httpx.Client, url: str, raw: bytes) -> int:
     return client.post(url, content=raw, headers=headers).status_code
 
 
+def fresh_database(admin_url: str, name: str) -> str:
+    """An empty PostgreSQL database beside ``admin_url``'s (dropped first if left over), so
+    each server measured starts from the same empty store and none sees another's rows."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from wacrm.store.engine import normalize_url
+
+    url = make_url(normalize_url(admin_url))
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 def stored_ids(database_url: str) -> list[str]:
     from sqlalchemy import select
 
@@ -270,11 +289,19 @@ def measure(
 
 
 def bench_wacrm(
-    args: argparse.Namespace, work: Path, bodies: Path, run: str, *, with_workers: bool
+    args: argparse.Namespace,
+    work: Path,
+    bodies: Path,
+    run: str,
+    *,
+    with_workers: bool,
+    fresh: bool,
 ) -> dict[str, Any]:
     port = free_port()
     name = "workers" if with_workers else "ingest"
     database_url = args.database_url or f"sqlite:///{work / f'bench-{name}.db'}"
+    if fresh and args.database_url:
+        database_url = fresh_database(args.database_url, f"wacrm_bench_{name}")
     env = {
         **os.environ,
         "WACRM_CONFIG": str(work / "absent.toml"),
@@ -442,10 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)  # on the repo's disk, not a tmpfs: fsync must mean something
         bodies = work / "bodies.txt"
         write_bodies(bodies, run, args.bodies)
-        ours = bench_wacrm(args, work, bodies, run, with_workers=False)
+        ours = bench_wacrm(args, work, bodies, run, with_workers=False, fresh=True)
         pywa = None if args.skip_pywa else bench_pywa(args, bodies)
         workers = (
-            bench_wacrm(args, work, bodies, run, with_workers=True) if args.with_workers else None
+            bench_wacrm(args, work, bodies, run, with_workers=True, fresh=True)
+            if args.with_workers
+            else None
         )
     section = report(args, ours, workers, pywa)
     print(section)

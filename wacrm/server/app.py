@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from wacrm.config import ConfigError, Settings
 from wacrm.server.responses import Receive, Scope, Send, send_error
@@ -179,8 +179,13 @@ def create_app(
         directory=webhook_directory,
         workers=workers,
     )
+    routes: list[BaseRoute] = [Route("/healthz", _healthz(engine), methods=["GET"])]
+    # Routes defined in their own room's module, each added on its own lines here.
+    # (helpers: add your routes directly below your marker, nowhere else)
+    # [hooks-routes]
+    # [crm-webhook-routes]
     fallback = Starlette(
-        routes=[Route("/healthz", _healthz(engine), methods=["GET"])],
+        routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=_run_workers_lifespan(writer, workers),
     )

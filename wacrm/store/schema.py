@@ -75,7 +75,11 @@ accounts = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("crm", String(40), nullable=False, server_default="local"),
+    # The CRM's own id for this account (HubSpot portal id, Salesforce org id, Zoho org id,
+    # Dynamics organization): how a CRM change webhook finds the account it is about.
+    Column("crm_tenant", String(120)),
     _ts("created_at", nullable=False),
+    UniqueConstraint("crm", "crm_tenant", name="uq_accounts_crm_tenant"),
 )
 
 # A WhatsApp business number (Meta phone_number_id, or a Twilio sender) routes to one account.
@@ -143,6 +147,8 @@ contacts = Table(
     UniqueConstraint("account_id", "phone", name="uq_contacts_phone"),
     UniqueConstraint("account_id", "user_id", name="uq_contacts_user_id"),
 )
+# The sync loop finds a contact by the id the CRM gave it (reads back, confirmations).
+Index("ix_contacts_crm_id", contacts.c.account_id, contacts.c.crm_id)
 
 messages = Table(
     "messages",
@@ -360,3 +366,42 @@ media = Table(
     UniqueConstraint("account_id", "provider_message_id", name="uq_media_message"),
 )
 Index("ix_media_due", media.c.state, media.c.next_attempt_at)
+
+# REST-hook subscribers (Zapier-style): a target URL that receives the rule events it asked
+# for, signed with its own secret. ``delivered_through`` is the last rule_events.id fanned out
+# to it; a new subscription starts at the newest event (it gets what happens from now on).
+hook_subscriptions = Table(
+    "hook_subscriptions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("event", String(80), nullable=False),  # a rule event name, or "*" for all
+    Column("target_url", Text, nullable=False),
+    Column("secret", String(128), nullable=False),  # HMAC key for X-Wacrm-Signature
+    Column("state", String(16), nullable=False, server_default="active"),  # active | disabled
+    Column("disabled_reason", Text),
+    Column("delivered_through", BigInteger, nullable=False, server_default="0"),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)
+Index("ix_hook_subscriptions_account", hook_subscriptions.c.account_id, hook_subscriptions.c.state)
+
+# One delivery of one rule event to one subscription, retried with backoff until the target
+# answers 2xx, or dead with the last status and error (a 410 Gone unsubscribes the target).
+hook_deliveries = Table(
+    "hook_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("subscription_id", Id, ForeignKey("hook_subscriptions.id"), nullable=False),
+    Column("event_id", Id, ForeignKey("rule_events.id"), nullable=False),
+    Column("state", String(16), nullable=False, server_default="pending"),  # delivered | dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    _ts("next_attempt_at", nullable=False),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    _ts("created_at", nullable=False),
+    _ts("delivered_at"),
+    UniqueConstraint("subscription_id", "event_id", name="uq_hook_deliveries_event"),
+)
+Index("ix_hook_deliveries_due", hook_deliveries.c.state, hook_deliveries.c.next_attempt_at)
