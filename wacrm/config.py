@@ -74,6 +74,10 @@ class Settings:
     # request's own Host and scheme.
     public_url: str = ""
     max_body_bytes: int = 3 * 1024 * 1024
+    # (helpers: add your settings directly below your marker, nowhere else)
+    # [content-policy settings]
+    # [hooks settings]
+    # [crm-webhook settings]
     price_list_text: str = (
         "Our price list: Starter 9.99 USD/month, Business 29 USD/month, "
         "Enterprise on request. Reply 'agent' to talk to a person."
