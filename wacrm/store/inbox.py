@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from wacrm.store.ingest_gauge import ingest_gauge
 from wacrm.store.schema import inbox, quarantine
 
 
@@ -214,6 +215,7 @@ class GroupCommitWriter:
         self._sides: dict[asyncio.AbstractEventLoop, _LoopSide] = {}
         self._raw: PoolProxiedConnection | None = None  # the writer thread's own connection
         self.commits = 0
+        self._gauge = ingest_gauge(engine)  # the processor gives way to ingest by it
 
     def start(self) -> None:
         if self._thread is None:
@@ -298,12 +300,14 @@ class GroupCommitWriter:
         waiting = [j.done for j in jobs if j.done is not None]
         waiting = [f for f in waiting if f.set_running_or_notify_cancel()]
         error: Exception | None = None
+        rows = [r for j in jobs for r in j.rows]
         try:
-            self._write([r for j in jobs for r in j.rows], [q for j in jobs for q in j.quarantined])
+            self._write(rows, [q for j in jobs for q in j.quarantined])
         except Exception as exc:  # every waiter learns the group failed
             error = exc
         else:
             self.commits += 1
+            self._gauge.record(len(rows))
         for future in waiting:
             if error is None:
                 future.set_result(None)

@@ -36,6 +36,7 @@ from wacrm.config import Settings
 from wacrm.model import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, advance_status
 from wacrm.rules.runtime import RuleRuntime
 from wacrm.store.inbox import QuarantineRow, insert_quarantine_rows
+from wacrm.store.ingest_gauge import IngestGauge, ingest_gauge
 from wacrm.store.schema import inbox, messages
 from wacrm.whatsapp.meta_webhook import parse_message, parse_status
 from wacrm.whatsapp.twilio_webhook import parse_twilio_message, parse_twilio_status
@@ -68,6 +69,17 @@ RULES_QUARANTINE_SOURCE = "rules"
 _MAX_REASON_CHARS = 2000
 _PASS_LIMIT = 500
 _OTHERS_BATCH = 20  # receipts per transaction: short, so a message never waits long behind
+# A batch is sized to take about this long at the recent pace per row (one row at least): on
+# SQLite the inbox writer waits for its transaction, with every webhook of its next group.
+# 100 messages at a few ms each held the lock for a third of a second and capped ingest at
+# the processing rate.
+_BATCH_SECONDS = 0.01
+# Ingest is "bursting" above this many stored webhooks a second: more than the processor
+# could handle (a few ms of CPU each). It then takes at most ``_BURST_SHARE`` of the time,
+# resting in between, so the CPU goes to answering webhooks; the backlog waits, durable.
+_BURST_RATE = 1000.0
+_BURST_SHARE = 0.1
+_MAX_REST = 0.25
 # Built once: it runs for every row (building and keying a statement costs more than it).
 _DONE = (
     inbox.update()
@@ -116,6 +128,10 @@ class InboxProcessor:
         downstream: Sequence[Callable[[], None] | Downstream] = (),
         handover: Handover[Any] | None = None,
         others_every: float = 0.1,
+        batch_seconds: float = _BATCH_SECONDS,
+        burst_rate: float = _BURST_RATE,
+        burst_share: float = _BURST_SHARE,
+        gauge: IngestGauge | None = None,
     ) -> None:
         """``status_retries``/``status_grace``: a status whose message is unknown stays
         pending until it was tried that often *and* is that old, then is kept as an orphan.
@@ -129,7 +145,11 @@ class InboxProcessor:
         before committing and hands them over after, so they leave without a transaction
         of their own (one commit and one wait for SQLite's lock fewer per reply).
         ``others_every``: how long rows other than messages (statuses, errors, account
-        events) may wait, so that they are taken in batches (see :meth:`_step`)."""
+        events) may wait, so that they are taken in batches (see :meth:`_step`).
+        ``batch_seconds``: batches are sized to take about this long (one row at least).
+        ``burst_rate``/``burst_share``/``gauge``: while the store's ``gauge`` (see
+        :mod:`wacrm.store.ingest_gauge`) says webhooks are being stored at ``burst_rate``
+        or more per second, the processor works at most ``burst_share`` of the time."""
         self._engine = engine
         self._settings = settings
         self.rules = rules
@@ -149,6 +169,12 @@ class InboxProcessor:
         self._others_at = float("-inf")  # time.monotonic() of the last pass taking them
         self._others_owed = False  # a pass left them for later
         self._failures = 0
+        self._batch_seconds = batch_seconds
+        self._row_seconds = 0.002  # recent seconds per row (moving average): sizes batches
+        self._burst_rate = burst_rate
+        self._burst_share = burst_share
+        self._gauge = gauge or ingest_gauge(engine)
+        self.rested = 0.0  # seconds given to ingest during bursts (an operations figure)
         self._thread = WorkerThread("inbox-processor", self._step)
 
     # -- Worker protocol ---------------------------------------------------------------------
@@ -192,6 +218,15 @@ class InboxProcessor:
             wait = min(wait, max(0.0, self._others_at + self._others_every - now))
         return 0.0 if finished >= _PASS_LIMIT else wait  # a full pass: more is waiting now
 
+    def _give_way_to_ingest(self, spent: float) -> None:
+        """During an ingest burst, rest so that the batch that took ``spent`` seconds was
+        ``burst_share`` of the time."""
+        if self._gauge.rate() < self._burst_rate:
+            return
+        pause = min(spent * (1.0 - self._burst_share) / self._burst_share, _MAX_REST)
+        self.rested += pause
+        self._thread.rest(pause)
+
     def _feed(self, fed: bool, now: float) -> float:
         """Wake the downstream workers owed a wake and allowed one now; the seconds until
         the next owed one is allowed (the poll interval if none is owed)."""
@@ -220,9 +255,10 @@ class InboxProcessor:
         finished = 0
         after_id = 0
         while finished < limit:
+            began = time.monotonic()
             try:
                 claimed, done, after_id = self._process_batch(
-                    after_id, min(size or self._batch_size, limit - finished), kinds
+                    after_id, self._sized(min(size or self._batch_size, limit - finished)), kinds
                 )
             except _StoreFailure as failure:
                 self._count_store_failure(failure)
@@ -230,6 +266,7 @@ class InboxProcessor:
             finished += done
             if claimed == 0:
                 return finished, True
+            self._give_way_to_ingest(time.monotonic() - began)
             if give_way is not None and give_way():
                 return finished, False
         return finished, False
@@ -249,12 +286,19 @@ class InboxProcessor:
             # inbox never wait on each other in a cycle; each sender's rows keep id order.
             loaded.sort(key=lambda item: (_sender(item[0].kind, item[1]), item[0].id))
             self._queued = False
+            began = time.monotonic()
             done = sum(self._process_row(conn, row, payload) for row, payload in loaded)
             claimed = self._claim_for_handover(conn) if self._queued else ()
         if claimed:  # committed: the replies queued above may leave now
             assert self._handover is not None
             self._handover.hand_over(claimed)
+        if rows:
+            self._row_seconds += 0.2 * ((time.monotonic() - began) / len(rows) - self._row_seconds)
         return len(rows), done, rows[-1].id if rows else after_id
+
+    def _sized(self, size: int) -> int:
+        """``size`` cut to the rows that fit in ``batch_seconds`` at the recent pace."""
+        return max(1, min(size, int(self._batch_seconds / max(self._row_seconds, 1e-6))))
 
     def _claim_for_handover(self, conn: Connection) -> Sequence[Any]:
         """The sender's claim of what this batch queued, in this transaction (see

@@ -40,6 +40,11 @@ class WorkerThread:
         """Look now. Safe from any thread; a wake during a pass causes another pass."""
         self._woken.set()
 
+    def rest(self, seconds: float) -> None:
+        """Sleep on the worker's thread for ``seconds`` whatever wakes arrive (a stop ends
+        it): for a worker giving its CPU to others, not waiting for work."""
+        self._stopping.wait(seconds)
+
     def woken(self) -> bool:
         """A wake came since the current pass began (the pass may give way to it)."""
         return self._woken.is_set()
