@@ -269,3 +269,53 @@ def test_given_a_crm_user_edit_in_the_embedded_crm_when_pulled_then_the_mirror_h
 
     row = _row(engine)
     assert (row.priority, row.order_status_code) == ("high", "SHIPPED")
+
+
+# -- tags: three-way merge against the value both sides last agreed on ----------------------
+
+
+def test_given_a_tag_removed_in_the_crm_since_both_agreed_then_it_stays_removed() -> None:
+    local = LocalState({"tags": ["vip", "x"]}, synced={"tags": ["vip", "x"]})
+
+    result = resolve(MAPPING, local, {"tags": "x"}, T0)
+
+    assert result.mirror == {"tags": ["x"]}
+    assert result.outbound == {}  # a union would have written "vip" back
+    assert result.synced == {"tags": ["x"]}
+
+
+def test_given_a_tag_removed_here_since_both_agreed_then_the_crm_loses_it_too() -> None:
+    local = LocalState({"tags": ["x"]}, synced={"tags": ["vip", "x"]})
+
+    result = resolve(MAPPING, local, {"tags": "vip;x"}, T0)
+
+    assert result.mirror == {}
+    assert result.outbound == {"tags": ["x"]}
+    assert result.synced == {}  # the base moves once the CRM is seen to have it
+
+
+def test_given_additions_and_removals_on_both_sides_then_each_side_edit_survives() -> None:
+    local = LocalState({"tags": ["a", "b", "c"]}, synced={"tags": ["a", "b"]})
+
+    result = resolve(MAPPING, local, {"tags": "b;d"}, T0)  # the CRM dropped a, added d
+
+    assert result.mirror == {"tags": ["b", "c", "d"]}
+    assert result.outbound == {"tags": ["b", "c", "d"]}
+
+
+def test_given_tags_removed_in_the_crm_when_pulled_twice_then_the_mirror_drops_them(
+    engine: Engine, account_id: int
+) -> None:
+    clock = FakeClock(T0 + timedelta(minutes=1))
+    _contact(engine, account_id, clock, tags=orjson.dumps(["vip", "x"]).decode())
+    crm = LocalMapped(changes=[_change(PHONE, 5, tags="vip;x")])
+    sync = _sync(engine, crm, clock)
+    sync.pull(account_id)  # both sides agree: that is the base now
+    assert orjson.loads(_row(engine).tags_synced) == ["vip", "x"]
+
+    crm.changes.append(_change(PHONE, 10, tags="x"))
+    sync.pull(account_id)
+
+    assert orjson.loads(_row(engine).tags) == ["x"]
+    with engine.connect() as conn:
+        assert conn.execute(select(crm_outbox)).first() is None  # nothing written back

@@ -141,6 +141,9 @@ contacts = Table(
     Column("language", String(16)),
     Column("unread_count", Integer, nullable=False, server_default="0"),
     Column("tags", Text, nullable=False, server_default="[]"),  # JSON array, sorted
+    # The tags as last seen equal in the mirror and the CRM: the base of the three-way merge
+    # that lets a removal on either side stick (NULL: never seen equal; sets are then unioned).
+    Column("tags_synced", Text),
     Column("crm_id", String(64)),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),

@@ -97,7 +97,10 @@ def _apply_one(
         stats.created += 1
     key = contact_record_key(row.phone, row.user_id) or record.key
     pending = _pending(conn, account_id, key)
-    local = LocalState(values=_values(row, mapping), pending=pending[1] if pending else {})
+    synced = {"tags": orjson.loads(row.tags_synced)} if row.tags_synced is not None else {}
+    local = LocalState(
+        values=_values(row, mapping), pending=pending[1] if pending else {}, synced=synced
+    )
     remote = {k: v for k, v in record.properties.items() if k in MIRROR_FIELDS}
     result = resolve(mapping, local, remote, record.modified_at)
     changes = _columns(mapping, result.mirror)
@@ -105,8 +108,14 @@ def _apply_one(
         conn.execute(
             contacts.update().where(contacts.c.id == row.id).values(**changes, updated_at=now)
         )
+    # Bookkeeping, not a change of the contact: its updated_at stays.
+    quiet: dict[str, Any] = {}
+    if "tags" in result.synced:
+        quiet["tags_synced"] = orjson.dumps(result.synced["tags"]).decode()
     if row.crm_id != record.crm_id:
-        conn.execute(contacts.update().where(contacts.c.id == row.id).values(crm_id=record.crm_id))
+        quiet["crm_id"] = record.crm_id
+    if quiet:
+        conn.execute(contacts.update().where(contacts.c.id == row.id).values(**quiet))
     if result.superseded and pending is not None:
         _drop_pending_fields(conn, pending[0], result.superseded)
     if result.outbound:

@@ -1,4 +1,5 @@
-"""REST-hook subscriptions and deliveries; the CRM tenant of an account; contacts by crm_id
+"""REST-hook subscriptions and deliveries; the CRM tenant of an account; contacts by crm_id,
+and their tags as last synced (the base of the three-way tag merge)
 
 Revision ID: 0005
 Revises: 0004
@@ -21,6 +22,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("crm_tenant", sa.String(length=120), nullable=True))
         batch_op.create_unique_constraint("uq_accounts_crm_tenant", ["crm", "crm_tenant"])
     with op.batch_alter_table("contacts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("tags_synced", sa.Text(), nullable=True))
         batch_op.create_index("ix_contacts_crm_id", ["account_id", "crm_id"], unique=False)
 
     op.create_table(
@@ -87,6 +89,7 @@ def downgrade() -> None:
     op.drop_table("hook_subscriptions")
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_index("ix_contacts_crm_id")
+        batch_op.drop_column("tags_synced")
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.drop_constraint("uq_accounts_crm_tenant", type_="unique")
         batch_op.drop_column("crm_tenant")
