@@ -6,11 +6,11 @@ The loader adds the file and rule to the message.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from wacrm.model import Priority
-from wacrm.rules.schema import placeholders_in
+from wacrm.rules.schema import Reply, RuleSet, placeholders_in
 
 _TAG = re.compile(r"^[^\s,;][^,;]{0,63}$")  # CRM multi-selects split on , or ;
 
@@ -102,3 +102,18 @@ def text(value: Any, where: str, allowed: frozenset[str]) -> str:
                 f"(allowed here: {', '.join('{' + n + '}' for n in sorted(allowed))})"
             )
     return text
+
+
+def reply_texts(ruleset: RuleSet, values: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """(where, text) for every text an auto-reply can send, for the content policy of
+    ``wacrm rules check``. Placeholders in ``values`` (``{price_list}``) are filled in, as the
+    engine fills them; the others stay as written, so lengths are close, not exact."""
+    for rule in ruleset.rules:
+        for action in rule.actions:
+            if not isinstance(action, Reply) or action.text is None:
+                continue
+            texts = {"default": action.text.default, **action.text.by_language}
+            for language, text in texts.items():
+                for name, value in values.items():
+                    text = text.replace("{" + name + "}", value)
+                yield f"{rule.source}: rule {rule.name!r}: reply.text.{language}", text
