@@ -1,22 +1,34 @@
-"""Turning the events of one webhook into inbox and quarantine rows (no I/O).
+"""Turning the events of one webhook into inbox and quarantine rows, and what both webhook
+endpoints (Meta, Twilio) do around storing them.
 
 Every event becomes exactly one row: an inbox row when it has an id and a known business
 number, otherwise a quarantine row with its reason. Quarantined events are still stored and
 acknowledged, so nothing is lost and Meta does not retry something that can never succeed.
+
+Once the rows are committed the workers are woken (:func:`wake_workers`); a store that
+cannot take them is a 503 (:func:`answer_not_stored`), which the provider retries. The
+endpoints await the writer's future themselves: on the hot path a shared coroutine around
+it would cost a frame per webhook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import orjson
 
+from wacrm.server.responses import Send, send_error
 from wacrm.store.inbox import InboxRow, QuarantineRow
 from wacrm.store.schema import inbox
 from wacrm.whatsapp.meta_webhook import PROVIDER, WebhookEvent
+from wacrm.workers.base import Worker
+
+logger = logging.getLogger(__name__)
 
 QUARANTINE_SOURCE = "webhook:meta"
+NOT_STORED = "the store is unavailable; the webhook was not stored"
 
 # A value wider than its column is truncated by SQLite but fails the whole group commit on
 # PostgreSQL, which would turn one odd event into a retry loop for every webhook in the group.
@@ -76,3 +88,27 @@ def rows_for_events(
         payload = orjson.dumps(event.payload).decode()
         rows.append(InboxRow(account_id, PROVIDER, event.kind, event.event_id, payload, now))
     return rows, quarantined
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A log-safe one-liner: the driver's first line, never SQL parameters (message text)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).splitlines()
+    first = lines[0][:200] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+async def answer_not_stored(send: Send, what: str, exc: BaseException) -> None:
+    """Log why a webhook could not be stored (``what`` failed) and answer 503."""
+    logger.error("%s, answered 503: %s", what, describe_failure(exc))
+    await send_error(send, 503, NOT_STORED)
+
+
+def wake_workers(workers: Sequence[Worker]) -> None:
+    """New inbox rows are committed: wake each worker. One that cannot be woken finds them
+    at its next poll, so a failure here is only logged."""
+    for worker in workers:
+        try:
+            worker.wake()
+        except Exception as exc:
+            logger.warning("worker %s could not be woken: %s", worker.name, describe_failure(exc))

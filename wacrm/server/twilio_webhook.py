@@ -12,7 +12,6 @@ are used. Twilio expects TwiML or an empty 200: the answer is an empty ``<Respon
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
@@ -22,14 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wacrm.config import Secret
 from wacrm.server.body import BodyError, ClientDisconnected, header, read_body
+from wacrm.server.ingest import answer_not_stored, wake_workers
 from wacrm.server.responses import Receive, Scope, Send, send_bytes, send_error
 from wacrm.store.accounts import NumberDirectory
 from wacrm.store.inbox import GroupCommitWriter, InboxRow, QuarantineRow
 from wacrm.store.schema import inbox
 from wacrm.whatsapp import twilio_webhook as twilio
 from wacrm.workers.base import Worker
-
-logger = logging.getLogger(__name__)
 
 TWILIO_WEBHOOK_PATH = "/webhooks/twilio"
 QUARANTINE_SOURCE = "webhook:twilio"
@@ -118,22 +116,16 @@ class TwilioWebhook:
         now = datetime.now(UTC)
         try:
             rows, quarantined = self._rows(params, now)
-        except SQLAlchemyError:
-            logger.error("account directory unavailable, answered 503")
-            await send_error(send, 503, "the store is unavailable; the webhook was not stored")
+        except SQLAlchemyError as exc:
+            await answer_not_stored(send, "account directory unavailable", exc)
             return
         try:
             await self._writer.submit_async(rows, quarantined, timeout=self._commit_timeout)
         except Exception as exc:
-            logger.error("Twilio webhook not stored, answered 503: %s", type(exc).__name__)
-            await send_error(send, 503, "the store is unavailable; the webhook was not stored")
+            await answer_not_stored(send, "Twilio webhook not stored", exc)
             return
         if rows:
-            for worker in self._workers:
-                try:
-                    worker.wake()
-                except Exception:  # committed: the worker finds the row at its next poll
-                    logger.warning("worker %s could not be woken", worker.name)
+            wake_workers(self._workers)
         await send_bytes(send, 200, _EMPTY_TWIML, _XML_HEADERS)
 
     def _rows(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wacrm.config import Secret
 from wacrm.server.body import BodyError, ClientDisconnected, header, read_body
-from wacrm.server.ingest import rows_for_events
+from wacrm.server.ingest import answer_not_stored, rows_for_events, wake_workers
 from wacrm.server.responses import Receive, Scope, Send, send_error, send_ok, send_text
 from wacrm.store.accounts import NumberDirectory
 from wacrm.store.inbox import GroupCommitWriter
@@ -28,14 +28,6 @@ from wacrm.workers.base import Worker
 logger = logging.getLogger(__name__)
 
 _SIGNATURE_HEADER = b"x-hub-signature-256"
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A log-safe one-liner: the driver's first line, never SQL parameters (message text)."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).splitlines()
-    first = lines[0][:200] if lines else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class MetaWebhook:
@@ -131,29 +123,14 @@ class MetaWebhook:
             # Cached after the first hit per number, so normally no query here.
             rows, quarantined = rows_for_events(events, self._directory.account_for, now)
         except SQLAlchemyError as exc:
-            logger.error("account directory unavailable, answered 503: %s", describe_failure(exc))
-            await send_error(send, 503, "the store is unavailable; the webhook was not stored")
+            await answer_not_stored(send, "account directory unavailable", exc)
             return
         try:
             # The timeout bounds a stalled writer; giving up does not unwrite the rows.
             await self._writer.submit_async(rows, quarantined, timeout=self._commit_timeout)
         except Exception as exc:
-            logger.error(
-                "webhook with %d events not stored, answered 503: %s",
-                len(events),
-                describe_failure(exc),
-            )
-            await send_error(send, 503, "the store is unavailable; the webhook was not stored")
+            await answer_not_stored(send, f"webhook with {len(events)} events not stored", exc)
             return
         if rows:
-            self._wake_workers()
+            wake_workers(self._workers)
         await send_ok(send)
-
-    def _wake_workers(self) -> None:
-        for worker in self._workers:
-            try:
-                worker.wake()
-            except Exception as exc:  # the events are committed: a worker will find them anyway
-                logger.warning(
-                    "worker %s could not be woken: %s", worker.name, describe_failure(exc)
-                )

@@ -38,9 +38,14 @@ def key_column(object: str, key: str) -> tuple[Table, str, str] | None:
 
 def store_crm_ids(
     conn: Connection, account_id: int, object: str, pairs: Sequence[tuple[str, str]]
-) -> None:
+) -> int:
     """Set ``crm_id`` on the rows named by each ``(record_key, crm_id)``; unknown keys are
-    skipped (the record may live only in the CRM)."""
+    skipped (the record may live only in the CRM). Returns how many rows changed.
+
+    A row that already has the id is not written, so it is not locked either: after a
+    contact's first confirmation, the ones that follow (one per inbound message) leave the
+    contact row alone.
+    """
     by_column: dict[tuple[Table, str], list[dict[str, Any]]] = {}
     for key, crm_id in pairs:
         found = key_column(object, key)
@@ -49,10 +54,16 @@ def store_crm_ids(
             by_column.setdefault((table, column), []).append(
                 {"acc": account_id, "k": value, "cid": crm_id}
             )
+    changed = 0
     for (table, column), params in by_column.items():
-        conn.execute(
+        changed += conn.execute(
             table.update()
-            .where(table.c.account_id == bindparam("acc"), table.c[column] == bindparam("k"))
+            .where(
+                table.c.account_id == bindparam("acc"),
+                table.c[column] == bindparam("k"),
+                table.c.crm_id.is_distinct_from(bindparam("cid")),
+            )
             .values(crm_id=bindparam("cid")),
             params,
-        )
+        ).rowcount
+    return changed

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
-from wacrm.connectors.base import CrmConnector
+from wacrm.connectors.base import CrmConnector, IncomingRecord
 from wacrm.mappings import Mapping, load_mapping, mapping_path
 from wacrm.store.schema import accounts
-from wacrm.sync.cursors import fingerprint, load_bookmark, save_bookmark
+from wacrm.sync.cursors import Bookmark, fingerprint, load_bookmark, save_bookmark
 from wacrm.sync.mirror import MirrorStats, apply_contacts
 from wacrm.sync.outcomes import FlushStats
+from wacrm.sync.transactions import run_transaction
 from wacrm.workers.crm_outbox import Clock, CrmOutboxWorker, utcnow
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 # Objects read back from the CRM. Tickets and tasks are ours: the CRM's copy is not mirrored.
 INBOUND_OBJECTS = ("contacts",)
 MAX_PAGES_PER_RUN = 10_000  # a connector that never says "caught up" must not loop forever
+PAGE_ATTEMPTS = 5  # then the pull fails, and the sync loop tries the account again later
 
 
 @dataclass(slots=True)
@@ -116,9 +118,9 @@ class SyncEngine:
                 stored.append((record.key, record.modified_at, fp))
             advanced = bookmark.advanced(page.next_cursor, stored)
             if fresh or advanced != bookmark:
-                with self._engine.begin() as conn:
-                    apply_contacts(conn, account_id, mapping, fresh, self._clock(), stats.mirror)
-                    save_bookmark(conn, account_id, connector.name, object, advanced, self._clock())
+                self._store_page(
+                    account_id, connector.name, object, mapping, fresh, advanced, stats
+                )
                 bookmark = advanced
             if not page.more or page.next_cursor is None or page.next_cursor == cursor:
                 break
@@ -135,3 +137,28 @@ class SyncEngine:
                 stats.duplicates,
             )
         return stats
+
+    def _store_page(
+        self,
+        account_id: int,
+        connector: str,
+        object: str,
+        mapping: Mapping,
+        records: list[IncomingRecord],
+        bookmark: Bookmark,
+        stats: PullStats,
+    ) -> None:
+        """Apply a page and advance the bookmark in one transaction. It gives way to the
+        inbox processor (which locks the same contacts, in its own order) rather than
+        deadlocking with it, and runs again from the start if it had to."""
+
+        def store(conn: Connection) -> MirrorStats:
+            page = MirrorStats()  # counted afresh: a retried attempt must not count twice
+            apply_contacts(conn, account_id, mapping, records, self._clock(), page)
+            save_bookmark(conn, account_id, connector, object, bookmark, self._clock())
+            return page
+
+        page = run_transaction(self._engine, store, give_way=True, attempts=PAGE_ATTEMPTS)
+        for counter in fields(page):
+            name = counter.name
+            setattr(stats.mirror, name, getattr(stats.mirror, name) + getattr(page, name))

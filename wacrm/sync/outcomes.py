@@ -1,4 +1,5 @@
-"""Recording what the CRM said about each record of a batch, in one transaction.
+"""Recording what the CRM said about each record of a batch: the ids it assigned, then the
+outbox rows, each in short transactions of their own (see :func:`record_outcomes`).
 
 Confirmed rows are deleted only if their payload is still what was sent (a change merged in
 while the batch was in flight stays pending); retryable failures are rescheduled with backoff
@@ -25,6 +26,7 @@ from wacrm.model import WriteResult
 from wacrm.store.schema import crm_outbox
 from wacrm.sync.crm_ids import store_crm_ids
 from wacrm.sync.retry import RetryPolicy
+from wacrm.sync.transactions import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +81,29 @@ def hold_rows(
     now: datetime,
 ) -> None:
     """Reschedule rows without counting an attempt against them."""
-    with engine.begin() as conn:
-        conn.execute(
+
+    def hold(conn: Connection, part: Sequence[OutboxRow]) -> int:
+        return conn.execute(
             crm_outbox.update()
-            .where(crm_outbox.c.id.in_([row.id for row in batch]))
+            .where(crm_outbox.c.id.in_([row.id for row in part]))
             .values(
                 next_attempt_at=until,
                 error_code=clip(code, 64),
                 last_error=clip(message, MAX_ERROR_TEXT),
                 updated_at=now,
             )
-        )
+        ).rowcount
+
+    write_rows(engine, sorted(batch, key=_row_id), hold)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settlement:
+    """One row's outcome: confirmed (``result.ok``), retried at ``due``, or dead-lettered."""
+
+    row: OutboxRow
+    result: WriteResult
+    due: datetime | None = None
 
 
 def record_outcomes(
@@ -105,11 +119,16 @@ def record_outcomes(
     stats: FlushStats,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Record each row's outcome in one transaction."""
-    confirmed: list[dict[str, Any]] = []
+    """Record each row's outcome: the CRM's ids, then the outbox rows.
+
+    The two are written in transactions of their own (:mod:`wacrm.sync.transactions`), so
+    the sync side never holds a contact and an outbox row at once while the inbox processor
+    takes them in the other order. The ids go first: a crash between the two leaves the rows
+    pending, and re-sending them is a harmless idempotent upsert, with the ids already kept.
+    """
     crm_ids: list[tuple[str, str]] = []
-    retries: list[dict[str, Any]] = []
-    dead: list[tuple[OutboxRow, WriteResult]] = []
+    settlements: list[_Settlement] = []
+    retried = dead = 0
     for row in batch:
         result = (
             outcomes.whole_failure
@@ -123,7 +142,7 @@ def record_outcomes(
             )
         )
         if result.ok:
-            confirmed.append({"rid": row.id, "sent": row.payload})
+            settlements.append(_Settlement(row, result))
             if result.crm_id:
                 crm_ids.append((row.key, result.crm_id))
             continue
@@ -132,56 +151,87 @@ def record_outcomes(
         delay = policy.delay(attempts, outcomes.retry_after, rng)
         elapsed = (now - row.created_at).total_seconds()
         if result.retryable and policy.should_retry(attempts, elapsed, delay):
+            settlements.append(_Settlement(row, result, now + timedelta(seconds=delay)))
+            retried += 1
+        else:
+            settlements.append(_Settlement(row, result))
+            dead += 1
+    if crm_ids:
+        write_rows(
+            engine,
+            sorted(crm_ids),
+            lambda conn, part: store_crm_ids(conn, account_id, obj, part),
+        )
+    settlements.sort(key=lambda s: s.row.id)
+    removed = write_rows(
+        engine, settlements, lambda conn, part: _settle(conn, part, now, policy, rng)
+    )
+    # A row whose payload changed in flight is not removed: its newer values still wait.
+    stats.confirmed += removed
+    stats.retried += retried
+    stats.dead += dead
+    if dead:
+        sample = ", ".join([s.row.key for s in settlements if _is_dead(s)][:3])
+        logger.warning("account %s: %d %s dead-lettered (e.g. %s)", account_id, dead, obj, sample)
+    if progress is not None and removed:
+        progress(removed)
+
+
+def _is_dead(settlement: _Settlement) -> bool:
+    return not settlement.result.ok and settlement.due is None
+
+
+def _settle(
+    conn: Connection,
+    part: Sequence[_Settlement],
+    now: datetime,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> int:
+    """Write ``part``'s outcomes to the outbox; returns how many confirmed rows were removed.
+    Idempotent: a confirmed row is deleted only while its payload is what was sent, and a
+    failure sets the attempt count rather than adding to it."""
+    confirmed: list[dict[str, Any]] = []
+    retries: list[dict[str, Any]] = []
+    removed = 0
+    for s in part:
+        if s.result.ok:
+            confirmed.append({"rid": s.row.id, "sent": s.row.payload})
+        elif s.due is not None:
             retries.append(
                 {
-                    "rid": row.id,
-                    "attempts": attempts,
-                    "due": now + timedelta(seconds=delay),
-                    "code": clip(result.error_code, 64),
-                    "error": clip(result.error_message, MAX_ERROR_TEXT),
+                    "rid": s.row.id,
+                    "attempts": s.row.attempts + 1,
+                    "due": s.due,
+                    "code": clip(s.result.error_code, 64),
+                    "error": clip(s.result.error_message, MAX_ERROR_TEXT),
                     "now": now,
                 }
             )
         else:
-            dead.append((row, result))
-    removed = 0
-    with engine.begin() as conn:
-        if confirmed:
-            removed = conn.execute(
-                crm_outbox.delete().where(
-                    crm_outbox.c.id == bindparam("rid"),
-                    crm_outbox.c.payload == bindparam("sent"),
-                ),
-                confirmed,
-            ).rowcount
-        if crm_ids:
-            store_crm_ids(conn, account_id, obj, crm_ids)
-        if retries:
-            conn.execute(
-                crm_outbox.update()
-                .where(crm_outbox.c.id == bindparam("rid"))
-                .values(
-                    attempts=bindparam("attempts"),
-                    next_attempt_at=bindparam("due"),
-                    error_code=bindparam("code"),
-                    last_error=bindparam("error"),
-                    updated_at=bindparam("now"),
-                ),
-                retries,
-            )
-        for row, result in dead:
-            _dead_letter(conn, row, result, now, policy, rng)
-    # A row whose payload changed in flight is not removed: its newer values still wait.
-    stats.confirmed += removed
-    stats.retried += len(retries)
-    stats.dead += len(dead)
-    if dead:
-        sample = ", ".join(row.key for row, _ in dead[:3])
-        logger.warning(
-            "account %s: %d %s dead-lettered (e.g. %s)", account_id, len(dead), obj, sample
+            _dead_letter(conn, s.row, s.result, now, policy, rng)
+    if confirmed:
+        removed = conn.execute(
+            crm_outbox.delete().where(
+                crm_outbox.c.id == bindparam("rid"),
+                crm_outbox.c.payload == bindparam("sent"),
+            ),
+            confirmed,
+        ).rowcount
+    if retries:
+        conn.execute(
+            crm_outbox.update()
+            .where(crm_outbox.c.id == bindparam("rid"))
+            .values(
+                attempts=bindparam("attempts"),
+                next_attempt_at=bindparam("due"),
+                error_code=bindparam("code"),
+                last_error=bindparam("error"),
+                updated_at=bindparam("now"),
+            ),
+            retries,
         )
-    if progress is not None and removed:
-        progress(removed)
+    return removed
 
 
 def _dead_letter(
@@ -219,6 +269,10 @@ def _dead_letter(
                 updated_at=now,
             )
         )
+
+
+def _row_id(row: OutboxRow) -> int:
+    return row.id
 
 
 def clip(text: str | None, limit: int) -> str | None:

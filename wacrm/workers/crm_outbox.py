@@ -25,12 +25,14 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, select, tuple_
+from sqlalchemy.exc import DBAPIError
 
 from wacrm.connectors.base import ConnectorError, CrmConnector
 from wacrm.model import WriteResult
 from wacrm.store.schema import contacts, crm_outbox
 from wacrm.sync.outcomes import FlushStats, OutboxRow, Outcomes, hold_rows, record_outcomes
 from wacrm.sync.retry import RECORD_POLICY, RetryPolicy
+from wacrm.sync.transactions import is_transient
 from wacrm.sync.trigger import QueueState, Reason, TriggerPolicy, outbound_reason
 
 logger = logging.getLogger(__name__)
@@ -128,7 +130,16 @@ class CrmOutboxWorker:
                 logger.error("account %s: no CRM connector (%s)", account_id, _short(exc))
                 stats.call_errors.append(f"account {account_id}: {_short(exc)}")
                 continue
-            self._flush_account(account_id, connector, queues, now, force, stats)
+            try:
+                self._flush_account(account_id, connector, queues, now, force, stats)
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                # A deadlock or lock timeout that outlived its retries: the rows are still
+                # pending (a confirmed batch is re-sent, idempotently), the next flush retries.
+                busy = f"store busy ({type(exc.orig).__name__})"
+                logger.warning("account %s: %s; left for the next flush", account_id, busy)
+                stats.call_errors.append(f"account {account_id}: {busy}")
         self.last_stats = stats
         if stats.calls:
             logger.info(
