@@ -12,7 +12,8 @@ What it reproduces, because the sync engine's behaviour depends on it:
 - Injectable faults, drawn from a seeded RNG: 429, 500, 503, timeouts and connection resets;
   a timeout or reset may happen *after* the write was applied, as it does in real life.
 - Change events (``contact.propertyChange``) for every change, ours included, delivered to
-  subscribers (the ASGI app POSTs them to a webhook URL).
+  subscribers (the ASGI app POSTs them to a webhook URL, signed as HubSpot signs them,
+  ``X-HubSpot-Signature-v3``, when given the app's client secret: :func:`sign_v3`).
 
 The HTTP side is in :mod:`wacrm.sandbox.crm_app` (uvicorn) and :mod:`wacrm.sandbox.crm_transport`
 (an in-process httpx transport for tests). Counters answer "how many calls, how many records,
@@ -21,6 +22,9 @@ how many writes per key".
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import random
 import re
 import threading
@@ -47,6 +51,22 @@ RATE_LIMIT_BODY = {
 }
 
 _PATH = re.compile(r"^/crm/v3/objects/(?P<object>[a-z_]+)/(?P<op>batch/upsert|search)$")
+# What HubSpot decodes in the URI before it signs it (docs: "Validating requests", v3).
+_SIGNED_DECODED = frozenset(":/?@!$'()*,;")
+
+
+def sign_v3(client_secret: str, method: str, url: str, body: bytes, timestamp_ms: int) -> str:
+    """``X-HubSpot-Signature-v3`` of a request, as HubSpot computes it: base64 of
+    HMAC-SHA256(client secret, method + URI + body + timestamp)."""
+    uri = re.sub(
+        r"%[0-9A-Fa-f]{2}",
+        lambda m: ch if (ch := chr(int(m.group(0)[1:], 16))) in _SIGNED_DECODED else m.group(0),
+        url,
+    )
+    source = f"{method}{uri}".encode() + body + str(timestamp_ms).encode()
+    return base64.b64encode(
+        hmac.new(client_secret.encode(), source, hashlib.sha256).digest()
+    ).decode()
 
 
 @dataclass
@@ -69,6 +89,8 @@ class SimConfig:
     latency: float = 0.0  # added to every answer, to make runs last (crash tests)
     portal_id: int = 62515
     app_id: int = 1160452
+    # The app's client secret; when set, change webhooks carry X-HubSpot-Signature-v3.
+    client_secret: str = field(default="", repr=False)
 
 
 @dataclass

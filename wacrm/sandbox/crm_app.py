@@ -3,7 +3,12 @@
 Run it on loopback for benchmarks and crash tests::
 
     python -m wacrm.sandbox.crm_app --port 0 --max-batch 100 --rate-limit 110 --window 10 \
-        --fault-rate 0.1 --seed 1 --webhook-url http://127.0.0.1:8000/webhooks/crm
+        --fault-rate 0.1 --seed 1 --webhook-url http://127.0.0.1:8000/webhooks/crm \
+        --client-secret "$SECRET" --portal-id 62515
+
+With ``--client-secret`` the change webhooks are signed as HubSpot signs them
+(``X-HubSpot-Signature-v3`` and ``X-HubSpot-Request-Timestamp``), so ``wacrm serve`` with the
+same ``WACRM_CRM_WEBHOOK_SECRET`` (and ``WACRM_CRM_TENANT`` = the portal id) accepts them.
 
 It prints ``listening on http://127.0.0.1:PORT`` once the socket is bound. Besides the API it
 answers ``GET /_sim/stats``, ``GET /_sim/records/{object}``, ``POST /_sim/records/{object}/{key}``
@@ -19,7 +24,8 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -29,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from wacrm.sandbox.crm import CrmSimulator, Faults, SimConfig
+from wacrm.sandbox.crm import CrmSimulator, Faults, SimConfig, sign_v3
 
 logger = logging.getLogger(__name__)
 WEBHOOK_BATCH = 100  # HubSpot sends up to 100 events per request
@@ -61,17 +67,39 @@ class _QuietResets(logging.Filter):
 
 
 class WebhookSender:
-    """Delivers change events to ``url`` in batches, in the background, like HubSpot does."""
+    """Delivers change events to ``url`` in batches, in the background, like HubSpot does:
+    signed (v3) when there is a client secret, retried a few times on failure."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_secret: str = "",
+        *,
+        epoch_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
         self.url = url
+        self._client_secret = client_secret
+        self._epoch_ms = epoch_ms
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.delivered = 0
         self.failed = 0
+        self.refused = 0  # answered 4xx but 429: not retried (a bad signature stays bad)
 
     def push(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             self.queue.put_nowait(event)
+
+    def headers(self, body: bytes) -> dict[str, str]:
+        """What HubSpot sends with ``body``: JSON, and the v3 signature when it has a secret."""
+        headers = {"Content-Type": "application/json"}
+        if self._client_secret:
+            # Signed per attempt: a retry carries a fresh timestamp.
+            now = self._epoch_ms()
+            headers["X-HubSpot-Request-Timestamp"] = str(now)
+            headers["X-HubSpot-Signature-v3"] = sign_v3(
+                self._client_secret, "POST", self.url, body, now
+            )
+        return headers
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=10.0) as client:
@@ -79,11 +107,22 @@ class WebhookSender:
                 batch = [await self.queue.get()]
                 while not self.queue.empty() and len(batch) < WEBHOOK_BATCH:
                     batch.append(self.queue.get_nowait())
+                body = json.dumps(batch).encode()
                 for attempt in range(3):
                     try:
-                        response = await client.post(self.url, json=batch)
+                        response = await client.post(
+                            self.url, content=body, headers=self.headers(body)
+                        )
                         if response.status_code < 300:
                             self.delivered += len(batch)
+                            break
+                        if 400 <= response.status_code < 500 and response.status_code != 429:
+                            self.refused += len(batch)
+                            logger.warning(
+                                "webhook refused with %d: %s",
+                                response.status_code,
+                                response.text[:200],
+                            )
                             break
                     except httpx.HTTPError:
                         pass
@@ -93,7 +132,9 @@ class WebhookSender:
 
 
 def create_app(simulator: CrmSimulator, webhook_url: str | None = None) -> Starlette:
-    sender = WebhookSender(webhook_url) if webhook_url else None
+    """The simulator's API; with ``webhook_url``, its change events are posted there (signed
+    with ``simulator.config.client_secret`` when set)."""
+    sender = WebhookSender(webhook_url, simulator.config.client_secret) if webhook_url else None
     if sender is not None:
         simulator.subscribe(sender.push)
 
@@ -118,7 +159,11 @@ def create_app(simulator: CrmSimulator, webhook_url: str | None = None) -> Starl
     async def stats(request: Request) -> Response:
         data = simulator.stats()
         if sender is not None:
-            data["webhooks"] = {"delivered": sender.delivered, "failed": sender.failed}
+            data["webhooks"] = {
+                "delivered": sender.delivered,
+                "failed": sender.failed,
+                "refused": sender.refused,
+            }
         return JSONResponse(data)
 
     async def records(request: Request) -> Response:
@@ -182,6 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--webhook-url", default=None)
+    parser.add_argument(
+        "--client-secret",
+        default="",
+        help="the app's client secret: sign change webhooks (X-HubSpot-Signature-v3)",
+    )
+    parser.add_argument("--portal-id", type=int, default=SimConfig.portal_id)
+    parser.add_argument("--app-id", type=int, default=SimConfig.app_id)
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the simulator listens on loopback only")
@@ -192,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
         faults=Faults(rate=args.fault_rate, timeout_delay=args.timeout_delay),
         seed=args.seed,
         latency=args.latency,
+        portal_id=args.portal_id,
+        app_id=args.app_id,
+        client_secret=args.client_secret,
     )
     app = create_app(CrmSimulator(config), args.webhook_url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -82,3 +82,57 @@ class NumberDirectory:
         with self._lock:
             self._cache[phone_number_id] = int(row)
         return int(row)
+
+
+def set_crm_tenant(engine: Engine, account_id: int, tenant: str) -> None:
+    """Record the CRM's own id of ``account_id`` (HubSpot portal, Salesforce org), so its
+    change webhooks find it. Idempotent; :class:`ValueError` if another account on the same
+    CRM already has that id."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(accounts.c.crm, accounts.c.crm_tenant).where(accounts.c.id == account_id)
+        ).first()
+        if row is None:
+            raise ValueError(f"account {account_id} does not exist")
+        if row.crm_tenant == tenant:
+            return
+        owner = conn.execute(
+            select(accounts.c.id).where(accounts.c.crm == row.crm, accounts.c.crm_tenant == tenant)
+        ).scalar()
+        if owner is not None:
+            raise ValueError(f"CRM tenant {tenant} already belongs to account {owner}")
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    accounts.update().where(accounts.c.id == account_id).values(crm_tenant=tenant)
+                )
+        except IntegrityError:  # claimed concurrently
+            raise ValueError(f"CRM tenant {tenant} already belongs to another account") from None
+
+
+class TenantDirectory:
+    """CRM portal/org id → account id, for the CRMs one webhook dialect serves; cached
+    (hits only: an unknown portal is looked up again, so a newly installed one is found)."""
+
+    def __init__(self, engine: Engine, crms: tuple[str, ...]) -> None:
+        self._engine = engine
+        self._crms = crms
+        self._cache: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def account_for(self, tenant: str) -> int | None:
+        found = self._cache.get(tenant)
+        if found is not None:
+            return found
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(accounts.c.id)
+                .where(accounts.c.crm_tenant == tenant, accounts.c.crm.in_(self._crms))
+                .order_by(accounts.c.id)
+                .limit(1)
+            ).scalar()
+        if row is None:
+            return None
+        with self._lock:
+            self._cache[tenant] = int(row)
+        return int(row)
