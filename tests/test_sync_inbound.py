@@ -319,3 +319,55 @@ def test_given_tags_removed_in_the_crm_when_pulled_twice_then_the_mirror_drops_t
     assert orjson.loads(_row(engine).tags) == ["x"]
     with engine.connect() as conn:
         assert conn.execute(select(crm_outbox)).first() is None  # nothing written back
+
+
+def test_given_the_mirror_holding_a_queued_row_when_the_inbox_merges_then_it_waits_and_keeps_both(
+    pg_engine: Engine,
+) -> None:
+    """Dropping a superseded field rewrites the pending payload: a change the inbox merged
+    into it meanwhile must wait for the mirror's transaction, not be overwritten by it."""
+    import threading
+
+    from wacrm.store.accounts import ensure_account
+    from wacrm.sync import mirror
+
+    account = ensure_account(pg_engine, "lost-update")
+    clock = FakeClock(T0)
+    _contact(pg_engine, account, clock)
+    with pg_engine.begin() as conn:
+        enqueue_crm_change(
+            conn,
+            account_id=account,
+            object="contacts",
+            record_key=PHONE,
+            properties={"priority": "low"},
+            now=T0,
+        )
+    merged = threading.Event()
+
+    def inbox_merge() -> None:
+        with pg_engine.begin() as conn:
+            enqueue_crm_change(
+                conn,
+                account_id=account,
+                object="contacts",
+                record_key=PHONE,
+                properties={"language": "de"},
+                now=T0,
+            )
+        merged.set()
+
+    with pg_engine.begin() as conn:
+        pending = mirror._pending(conn, account, PHONE)  # as the mirror reads it
+        assert pending is not None
+        inbox = threading.Thread(target=inbox_merge)
+        inbox.start()
+        assert not merged.wait(0.5)  # waits for the mirror's transaction
+        mirror._drop_pending_fields(conn, pending[0], frozenset({"priority"}))
+    inbox.join(10)
+    assert merged.is_set()
+    with pg_engine.connect() as conn:
+        payload = conn.execute(
+            select(crm_outbox.c.payload).where(crm_outbox.c.account_id == account)
+        ).scalar_one()
+    assert orjson.loads(payload)["properties"] == {"language": "de"}

@@ -135,23 +135,31 @@ def _apply_one(
 
 
 def _find(conn: Connection, account_id: int, record: IncomingRecord) -> Row[Any] | None:
-    """By our key when the record carries one (indexed); by CRM id only for records made in
-    the CRM (``contacts.crm_id`` has no index, so this is the rare path)."""
+    """By our key when the record carries one; by CRM id for records made in the CRM.
+
+    The row is locked (PostgreSQL) until the page commits: the values compared below must
+    still be the contact's when the merge is written, or an inbound message's change made in
+    between would be overwritten. Contact first, then its outbox row, as the inbox processor
+    takes them, so the two never wait on each other in a cycle."""
     found = key_column("contacts", record.key)
     if found is not None:
         _table, column, value = found
         return conn.execute(
-            select(contacts).where(contacts.c.account_id == account_id, contacts.c[column] == value)
+            select(contacts)
+            .where(contacts.c.account_id == account_id, contacts.c[column] == value)
+            .with_for_update()
         ).first()
     row = conn.execute(
-        select(contacts).where(
-            contacts.c.account_id == account_id, contacts.c.crm_id == record.crm_id
-        )
+        select(contacts)
+        .where(contacts.c.account_id == account_id, contacts.c.crm_id == record.crm_id)
+        .with_for_update()
     ).first()
     phone = record.properties.get("phone")
     if row is None and isinstance(phone, str) and phone:
         row = conn.execute(
-            select(contacts).where(contacts.c.account_id == account_id, contacts.c.phone == phone)
+            select(contacts)
+            .where(contacts.c.account_id == account_id, contacts.c.phone == phone)
+            .with_for_update()
         ).first()
     return row
 
@@ -203,14 +211,17 @@ def _columns(mapping: Mapping, mirror: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pending(conn: Connection, account_id: int, key: str) -> tuple[int, dict[str, datetime]] | None:
-    """The pending outbox row for this contact: (row id, field → queued at)."""
+    """The pending outbox row for this contact: (row id, field → queued at), locked so that
+    a change merged into it meanwhile is not lost when queued fields are dropped from it."""
     row = conn.execute(
-        select(crm_outbox.c.id, crm_outbox.c.payload, crm_outbox.c.updated_at).where(
+        select(crm_outbox.c.id, crm_outbox.c.payload, crm_outbox.c.updated_at)
+        .where(
             crm_outbox.c.account_id == account_id,
             crm_outbox.c.object == "contacts",
             crm_outbox.c.record_key == key,
             crm_outbox.c.state == "pending",
         )
+        .with_for_update()
     ).first()
     if row is None:
         return None
