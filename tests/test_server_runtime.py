@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 
 from wacrm.cli import cli
 from wacrm.config import ConfigError, Secret, Settings
+from wacrm.hooks.worker import HookDeliveryWorker
 from wacrm.rules.runtime import RuleRuntime
 from wacrm.server.runtime import (
     DownstreamOnly,
@@ -58,11 +59,18 @@ def test_given_settings_when_workers_built_then_one_rules_runtime_shared_and_opt
 
     workers = build_workers(settings, sqlite_engine)
 
-    assert [w.name for w in workers] == ["inbox", "whatsapp-outbox", "sync", "rule_timer", "media"]
+    assert [w.name for w in workers] == [
+        "inbox",
+        "whatsapp-outbox",
+        "sync",
+        "rule_timer",
+        "media",
+        "hooks",
+    ]
     inbox, *fed = workers
     # Only the processor is woken by webhooks; it wakes the outboxes itself.
     assert all(isinstance(w, DownstreamOnly) for w in fed)
-    whatsapp, _sync, timer, _media = (w.worker for w in fed if isinstance(w, DownstreamOnly))
+    whatsapp, _sync, timer, _media, hooks = (w.worker for w in fed if isinstance(w, DownstreamOnly))
     assert isinstance(inbox, InboxProcessor)
     assert isinstance(whatsapp, WhatsAppOutboxWorker)
     assert isinstance(timer, RuleTimer)
@@ -80,7 +88,11 @@ def test_given_settings_when_workers_built_then_one_rules_runtime_shared_and_opt
         options["whatsapp_tags"]
     )
     assert options["priority"] == ["high", "medium", "low"]
+    # The processor wakes the hook worker after a pass that ran rules.
+    assert hooks.wake in [d.wake for d in inbox._downstream]
     whatsapp.close()
+    assert isinstance(hooks, HookDeliveryWorker)
+    hooks.close()
 
 
 class _Counting:
