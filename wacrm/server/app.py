@@ -21,12 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from wacrm.config import ConfigError, Settings
+from wacrm.server.ingest import describe_failure
 from wacrm.server.responses import Receive, Scope, Send, send_error
 from wacrm.server.twilio_webhook import TWILIO_WEBHOOK_PATH, TwilioWebhook
-from wacrm.server.whatsapp_webhook import MetaWebhook, describe_failure
+from wacrm.server.whatsapp_webhook import MetaWebhook
 from wacrm.store.accounts import NumberDirectory
 from wacrm.store.inbox import GroupCommitWriter
 from wacrm.workers.base import Worker
+from wacrm.workers.supervise import start_workers, stop_workers
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +97,13 @@ def _run_workers_lifespan(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         writer.start()
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(w.run(stop), name=f"worker:{w.name}") for w in workers]
+        tasks = start_workers(workers, stop)
         for task in tasks:
             task.add_done_callback(lambda t: _report_exit(t, stop))
         try:
             yield
         finally:
-            stop.set()
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=WORKER_STOP_TIMEOUT)
-                for task in pending:
-                    logger.warning("%s did not stop in time; cancelling it", task.get_name())
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+            await stop_workers(tasks, stop, WORKER_STOP_TIMEOUT)
             # After the workers: in-flight requests are drained by the server before shutdown.
             await asyncio.to_thread(writer.stop)
 
@@ -183,7 +179,13 @@ def create_app(
     # Routes defined in their own room's module, each added on its own lines here.
     # (helpers: add your routes directly below your marker, nowhere else)
     # [hooks-routes]
+    from wacrm.hooks.api import hook_routes
+
+    routes.extend(hook_routes(settings, engine))
     # [crm-webhook-routes]
+    from wacrm.server.crm_webhook import crm_webhook_routes
+
+    routes.extend(crm_webhook_routes(settings, engine, workers))
     fallback = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},

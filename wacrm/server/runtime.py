@@ -100,7 +100,7 @@ class DownstreamOnly:
 def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
     """The background workers each server process runs: the inbox processor runs the rules
     and feeds the WhatsApp and CRM outboxes, waking them when it has committed work for them;
-    the rule timer fires time-based rules."""
+    the rule timer fires time-based rules; the hook worker sends rule events to REST hooks."""
     rules = build_rules(settings)
     install_rule_options(engine, rules.ruleset)
     whatsapp = WhatsAppOutboxWorker.from_settings(engine, settings, rules=rules)
@@ -108,8 +108,19 @@ def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
     crm = build_sync_worker(engine)
     # The CRM gets its changes within a quarter second, in batches; the reply goes at once.
     crm_feed = Downstream(crm.wake, every=CRM_WAKE_EVERY)
+    # REST hooks: rule events go out to subscribers. The processor wakes the worker after a
+    # pass that ran rules (at most twice a second: each wake is a fan-out pass); it also
+    # polls every 2 s, for the events the rule timer emits.
+    from wacrm.hooks.worker import HookDeliveryWorker
+
+    hooks = HookDeliveryWorker(engine)
+    hooks_feed = Downstream(hooks.wake, every=0.5)
     inbox = InboxProcessor(
-        engine, settings, rules=rules, downstream=(whatsapp.wake, crm_feed), handover=whatsapp
+        engine,
+        settings,
+        rules=rules,
+        downstream=(whatsapp.wake, crm_feed, hooks_feed),
+        handover=whatsapp,
     )
     return (
         inbox,
@@ -118,6 +129,7 @@ def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
         DownstreamOnly(RuleTimer(engine, rules)),
         # Attachments are fetched while Meta's URL is fresh; it finds its work on its own.
         DownstreamOnly(MediaWorker.from_settings(engine, settings)),
+        DownstreamOnly(hooks),
     )
 
 
@@ -129,7 +141,8 @@ def open_store(settings: Settings) -> Engine:
 
 
 def ensure_default_account(engine: Engine, settings: Settings) -> int:
-    """The account named ``settings.account_name``, with the configured number routed to it."""
+    """The account named ``settings.account_name``, with the configured number routed to it
+    and the configured CRM portal/org id (``crm_tenant``) recorded on it."""
     account_id = ensure_account(engine, settings.account_name)
     if settings.whatsapp_phone_number_id:
         try:
@@ -141,6 +154,13 @@ def ensure_default_account(engine: Engine, settings: Settings) -> int:
             )
         except ValueError as exc:
             raise ConfigError(f"WACRM_WHATSAPP_PHONE_NUMBER_ID: {exc}") from None
+    if settings.crm_tenant:  # how CRM change webhooks (by portal/org id) find this account
+        from wacrm.store.accounts import set_crm_tenant
+
+        try:
+            set_crm_tenant(engine, account_id, settings.crm_tenant)
+        except ValueError as exc:
+            raise ConfigError(f"WACRM_CRM_TENANT: {exc}") from None
     return account_id
 
 

@@ -21,7 +21,8 @@ import threading
 from collections.abc import Sequence
 
 from wacrm.workers.base import Worker
-from wacrm.workers.wake import listen_for_wakes
+from wacrm.workers.supervise import start_workers, stop_workers
+from wacrm.workers.wake import crm_change_listeners, listen_for_wakes
 
 logger = logging.getLogger(__name__)
 
@@ -47,29 +48,26 @@ async def run_workers(
     workers: Sequence[Worker], wake_sock: socket.socket | None, *, watch_parent: bool = False
 ) -> None:
     """Run ``workers`` until SIGTERM/SIGINT (or, with ``watch_parent``, the parent's exit);
-    wake the inbox processor on each datagram."""
+    wake the inbox processor on each inbox datagram, the sync loop on each CRM change one."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(w.run(stop), name=f"worker:{w.name}") for w in workers]
+    tasks = start_workers(workers, stop)
     if watch_parent:
         tasks.append(asyncio.create_task(_stop_when_orphaned(stop), name="parent-watch"))
     if wake_sock is not None:
         targets = [w.wake for w in workers if w.name in _INGEST_WOKEN]
-        tasks.append(asyncio.create_task(listen_for_wakes(wake_sock, targets, stop)))
+        crm = crm_change_listeners(workers)  # CRM change datagrams go to the sync loop
+        tasks.append(asyncio.create_task(listen_for_wakes(wake_sock, targets, stop, crm)))
     done, _ = await asyncio.wait(
         [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
     )
     for task in done:
         if task in tasks and not task.cancelled() and task.exception() is not None:
             logger.error("%s crashed: %s", task.get_name(), task.exception())
-    stop.set()
-    _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop_workers(tasks, stop, STOP_TIMEOUT)
 
 
 class WorkerProcess:
