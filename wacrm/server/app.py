@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from wacrm.config import ConfigError, Settings
+from wacrm.hooks.api import hook_routes
+from wacrm.server.crm_webhook import crm_webhook_routes
 from wacrm.server.ingest import describe_failure
 from wacrm.server.responses import Receive, Scope, Send, send_error
 from wacrm.server.twilio_webhook import TWILIO_WEBHOOK_PATH, TwilioWebhook
@@ -175,17 +177,11 @@ def create_app(
         directory=webhook_directory,
         workers=workers,
     )
-    routes: list[BaseRoute] = [Route("/healthz", _healthz(engine), methods=["GET"])]
-    # Routes defined in their own room's module, each added on its own lines here.
-    # (helpers: add your routes directly below your marker, nowhere else)
-    # [hooks-routes]
-    from wacrm.hooks.api import hook_routes
-
-    routes.extend(hook_routes(settings, engine))
-    # [crm-webhook-routes]
-    from wacrm.server.crm_webhook import crm_webhook_routes
-
-    routes.extend(crm_webhook_routes(settings, engine, workers))
+    routes: list[BaseRoute] = [
+        Route("/healthz", _healthz(engine), methods=["GET"]),
+        *hook_routes(settings, engine),  # /api/hooks: REST-hook subscriptions
+        *crm_webhook_routes(settings, engine, workers),  # /webhooks/crm: CRM change events
+    ]
     fallback = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},

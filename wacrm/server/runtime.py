@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from wacrm.config import ConfigError, Settings, load_settings
+from wacrm.hooks.worker import HookDeliveryWorker
 from wacrm.rules.language import LanguageDetector
 from wacrm.rules.loader import load_ruleset
 from wacrm.rules.options import install_all_local_options
@@ -26,7 +27,7 @@ from wacrm.rules.runtime import RuleRuntime
 from wacrm.rules.schema import RuleFileError, RuleSet
 from wacrm.server.app import WacrmApp, create_app, require_webhook_secrets
 from wacrm.store import create_store_engine, migrate
-from wacrm.store.accounts import ensure_account, register_number
+from wacrm.store.accounts import ensure_account, register_number, set_crm_tenant
 from wacrm.sync.commands import build_sync_worker
 from wacrm.workers.base import Worker
 from wacrm.workers.inbox import InboxProcessor
@@ -111,8 +112,6 @@ def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
     # REST hooks: rule events go out to subscribers. The processor wakes the worker after a
     # pass that ran rules (at most twice a second: each wake is a fan-out pass); it also
     # polls every 2 s, for the events the rule timer emits.
-    from wacrm.hooks.worker import HookDeliveryWorker
-
     hooks = HookDeliveryWorker(engine)
     hooks_feed = Downstream(hooks.wake, every=0.5)
     inbox = InboxProcessor(
@@ -155,8 +154,6 @@ def ensure_default_account(engine: Engine, settings: Settings) -> int:
         except ValueError as exc:
             raise ConfigError(f"WACRM_WHATSAPP_PHONE_NUMBER_ID: {exc}") from None
     if settings.crm_tenant:  # how CRM change webhooks (by portal/org id) find this account
-        from wacrm.store.accounts import set_crm_tenant
-
         try:
             set_crm_tenant(engine, account_id, settings.crm_tenant)
         except ValueError as exc:
