@@ -380,7 +380,7 @@ hook_subscriptions = Table(
     Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
     Column("event", String(80), nullable=False),  # a rule event name, or "*" for all
     Column("target_url", Text, nullable=False),
-    Column("secret", String(128), nullable=False),  # HMAC key for X-Wacrm-Signature
+    Column("secret", Text, nullable=False),  # HMAC key for X-Wacrm-Signature, encrypted
     Column("state", String(16), nullable=False, server_default="active"),  # active | disabled
     Column("disabled_reason", Text),
     Column("delivered_through", BigInteger, nullable=False, server_default="0"),

@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("account_id", _ID, nullable=False),
         sa.Column("event", sa.String(length=80), nullable=False),
         sa.Column("target_url", sa.Text(), nullable=False),
-        sa.Column("secret", sa.String(length=128), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=False),
         sa.Column("state", sa.String(length=16), server_default="active", nullable=False),
         sa.Column("disabled_reason", sa.Text(), nullable=True),
         sa.Column("delivered_through", sa.BigInteger(), server_default="0", nullable=False),
