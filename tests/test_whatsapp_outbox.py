@@ -188,7 +188,8 @@ def test_given_invalid_request_when_sandbox_refuses_then_failed_without_retry(
     engine: Engine, account_id: int, alice: int, clock: Clock
 ) -> None:
     sandbox = make_sandbox(clock)
-    body = {**text_message(ALICE, "x"), "text": {"body": "x" * 5000}}
+    # Passes the local content policy (it checks content, not envelopes); Meta refuses it.
+    body = {**text_message(ALICE, "x"), "recipient_type": "group"}
     message_id, outbox_id = add_outbound(engine, account_id, body, at=clock.now, contact_id=alice)
     worker = make_worker(engine, clock, over_asgi(sandbox))
 
@@ -201,8 +202,29 @@ def test_given_invalid_request_when_sandbox_refuses_then_failed_without_retry(
     assert message.error_title == "Parameter value is not valid"
     row = outbox_row(engine, outbox_id)
     assert (row.state, row.attempts) == ("failed", 1)
-    assert "4096" in row.last_error
+    assert "individual" in row.last_error
     assert len(sandbox.refused) == 1
+
+
+def test_given_text_over_4096_when_processed_then_content_policy_fails_it_unsent(
+    engine: Engine, account_id: int, alice: int, clock: Clock
+) -> None:
+    sandbox = make_sandbox(clock)
+    body = {**text_message(ALICE, "x"), "text": {"body": "x" * 5000}}
+    message_id, outbox_id = add_outbound(engine, account_id, body, at=clock.now, contact_id=alice)
+    worker = make_worker(engine, clock, over_asgi(sandbox))
+
+    worker.process_due()
+    clock.advance(3600)
+    again = worker.process_due()
+
+    message = message_row(engine, message_id)
+    assert (message.status, message.error_code) == ("failed", "content_policy")
+    row = outbox_row(engine, outbox_id)
+    assert (row.state, row.attempts) == ("failed", 1)
+    assert "text-too-long" in row.last_error and "4096" in row.last_error
+    assert again == 0  # never retried
+    assert sandbox.sent == [] and sandbox.refused == []  # never sent
 
 
 def test_given_transient_error_then_success_when_processed_then_backoff_then_sent(
@@ -637,6 +659,8 @@ def test_given_settings_when_worker_from_settings_then_client_targets_graph_url(
     worker = WhatsAppOutboxWorker.from_settings(engine, settings)
 
     assert worker.name == "whatsapp-outbox"
-    assert worker._client.messages_url("1") == "http://127.0.0.1:9/v25.0/1/messages"
+    meta = worker._senders.meta
+    assert meta is not None and meta.messages_url("1") == "http://127.0.0.1:9/v25.0/1/messages"
+    assert worker._senders.twilio is None  # Twilio not configured
     worker.close()
     worker.close()  # idempotent

@@ -7,9 +7,16 @@ Cloud API never holds a database lock (on SQLite that lock would stall the webho
 A worker that dies mid-send leaves a lease that expires and the row is sent again: the Cloud
 API has no idempotency key, so that rare crash can duplicate one message, and nothing is lost.
 
-Meta's 200 means *accepted*: the message keeps status ``queued`` and gets its wamid and
-``sent_at``; status webhooks move it on. ``biz_opaque_callback_data`` carries the outbox id so
-a status can be correlated even if it races this commit.
+Each row goes out through its number's provider (:mod:`wacrm.workers.whatsapp_dispatch`):
+the Meta Cloud API, or Twilio's ``Messages.json`` for numbers registered as ``twilio``. Both
+are paced alike (the number's mps, WhatsApp's per-recipient pair rate), checked against the
+24 h window and the content policy, and their errors drive the same reactions (tables:
+:mod:`wacrm.whatsapp.errors`, :mod:`wacrm.whatsapp.twilio_errors`).
+
+A 200/201 means *accepted*: the message keeps status ``queued`` and gets its provider id
+(wamid or Twilio SID) and ``sent_at``; status webhooks move it on. For Meta,
+``biz_opaque_callback_data`` carries the outbox id so a status can be correlated even if it
+races this commit.
 
 Order per recipient is kept: a row is not claimed while an earlier row to the same recipient
 waits, and a recipient held back in a batch holds its later rows too. Failures are handled by
@@ -25,7 +32,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -36,11 +43,23 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from wacrm.config import Settings
+from wacrm.whatsapp.content_policy import ContentPolicy, blocking, lint_send_body
 from wacrm.whatsapp.errors import SendAction
 from wacrm.whatsapp.meta_send import CloudApiClient, SendError
 from wacrm.whatsapp.pacing import PairLimiter, TokenBucket
+from wacrm.whatsapp.twilio_bodies import NotSendable
+from wacrm.whatsapp.twilio_send import TwilioSender
 from wacrm.workers import whatsapp_queue as queue
 from wacrm.workers.threaded import WorkerThread
+from wacrm.workers.whatsapp_dispatch import (
+    CREDENTIALS_HINTS,
+    PROVIDERS,
+    THROTTLE_CODES,
+    WINDOW_CLOSED,
+    NoSender,
+    SendCall,
+    Senders,
+)
 from wacrm.workers.whatsapp_policy import (
     WINDOW,
     OutboxPolicy,
@@ -55,7 +74,7 @@ if TYPE_CHECKING:  # the rules (and lingua behind them) load only where rules ru
 
 log = logging.getLogger(__name__)
 
-_THROTTLE_CODES = frozenset({4, 80007, 130429})  # app / WABA / number throughput
+CONTENT_POLICY_CODE = "content_policy"  # error_code of a send the content policy blocked
 
 __all__ = ["OutboxPolicy", "WhatsAppOutboxWorker"]
 
@@ -69,26 +88,35 @@ class WhatsAppOutboxWorker:
         self,
         engine: Engine,
         settings: Settings,
-        client: CloudApiClient,
+        client: CloudApiClient | None,
         *,
+        twilio: TwilioSender | None = None,
+        providers: Collection[str] | None = None,
         policy: OutboxPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         rules: RuleRuntime | None = None,
+        content_policy: ContentPolicy | None = None,
     ) -> None:
-        """``rules``: told of every message that fails for good (``message_failed``)."""
+        """``client`` sends Cloud API numbers' rows, ``twilio`` Twilio numbers' rows (a row
+        whose provider has no sender halts its number, an ops alert); ``providers``: claim
+        only rows of these providers (default: all). ``rules``: told of every message that
+        fails for good (``message_failed``). ``content_policy``: default from ``settings``.
+        """
         self._engine = engine
         self.rules = rules
         self._settings = settings
-        self._client = client
+        self._senders = Senders.from_settings(settings, client, twilio)
+        self._content_policy = content_policy or ContentPolicy.from_settings(settings)
+        self._skip_always = sorted(PROVIDERS - set(providers)) if providers is not None else []
         self.policy = policy or OutboxPolicy()
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
         self.halted: dict[str, str] = {}  # phone_number_id → why sending stopped (ops alert)
         self._paused_until: dict[str, datetime] = {}  # phone_number_id → throttled until
-        self._all_paused_until: datetime | None = None  # credentials invalid
+        self._creds_paused_until: dict[str, datetime] = {}  # provider → credentials invalid
         self._pair_hits: dict[tuple[str, str], int] = {}  # consecutive 131056 per recipient
         self._buckets: dict[str, TokenBucket] = {}
         self._pairs: dict[str, PairLimiter] = {}
@@ -107,11 +135,17 @@ class WhatsAppOutboxWorker:
         policy: OutboxPolicy | None = None,
         rules: RuleRuntime | None = None,
     ) -> WhatsAppOutboxWorker:
-        """The worker the server runs: a Cloud API client on its own ``httpx.Client``
-        (closed by :meth:`close`), sending to ``settings.graph_url``."""
+        """The worker the server runs: a Cloud API client sending to ``settings.graph_url``
+        and, when Twilio is configured, a Twilio sender, on one ``httpx.Client`` of its own
+        (closed by :meth:`close`)."""
         http = httpx.Client(timeout=30.0)
         client = CloudApiClient(settings, http=http)
-        worker = cls(engine, settings, client, policy=policy, rules=rules)
+        twilio = (
+            TwilioSender.from_settings(http, settings)
+            if settings.twilio_account_sid and settings.twilio_auth_token
+            else None
+        )
+        worker = cls(engine, settings, client, twilio=twilio, policy=policy, rules=rules)
         worker._owned_http = http
         return worker
 
@@ -147,9 +181,9 @@ class WhatsAppOutboxWorker:
         for the store's lock, a commit, a wake-up) before it leaves: :meth:`hand_over`
         passes the jobs here once that commit is done, and if it is not, the claim is rolled
         back with it. Nothing is claimed while handed-over jobs are still waiting (claims
-        would age in memory), or while sending is paused.
+        would age in memory), nor rows of numbers or providers whose sending is paused.
         """
-        if self._handed or (self._all_paused_until is not None and now < self._all_paused_until):
+        if self._handed:
             return []
         return queue.claim_in(
             conn,
@@ -157,6 +191,7 @@ class WhatsAppOutboxWorker:
             limit=self.policy.batch_size,
             lease=self.policy.lease,
             skip_numbers=self._blocked_numbers(now),
+            skip_providers=self._blocked_providers(now),
         )
 
     def hand_over(self, jobs: Sequence[Job]) -> None:
@@ -177,7 +212,7 @@ class WhatsAppOutboxWorker:
         """Ops fixed the account: send again from ``phone_number_id`` (or every number)."""
         if phone_number_id is None:
             self.halted.clear()
-            self._all_paused_until = None
+            self._creds_paused_until.clear()
         else:
             self.halted.pop(phone_number_id, None)
 
@@ -190,7 +225,7 @@ class WhatsAppOutboxWorker:
         # and a claim first would put a transaction in front. A pass that handled something
         # is followed by another at once, which claims.
         jobs = self._take_handed()
-        if not jobs and (self._all_paused_until is None or now >= self._all_paused_until):
+        if not jobs:
             jobs = self._claim(now)
         held: dict[tuple[str, str], datetime] = {}  # recipients held back in this pass
         for job in jobs:
@@ -206,13 +241,21 @@ class WhatsAppOutboxWorker:
         paused = [pnid for pnid, until in dict(self._paused_until).items() if until > now]
         return sorted(set(self.halted) | set(paused))
 
+    def _blocked_providers(self, now: datetime) -> list[str]:
+        paused = [p for p, until in dict(self._creds_paused_until).items() if until > now]
+        return sorted(set(self._skip_always) | set(paused))
+
     def _claim(self, now: datetime) -> list[Job]:
+        skip_providers = self._blocked_providers(now)
+        if set(skip_providers) >= PROVIDERS:
+            return []  # every provider paused (credentials rejected): nothing to claim
         return queue.claim(
             self._engine,
             now,
             limit=self.policy.batch_size,
             lease=self.policy.lease,
             skip_numbers=self._blocked_numbers(now),
+            skip_providers=skip_providers,
         )
 
     # -- one row ----------------------------------------------------------------------------
@@ -227,7 +270,8 @@ class WhatsAppOutboxWorker:
             self._release(job, now)  # not claimed again until resume()
             return
         paused = max(
-            self._paused_until.get(job.phone_number_id) or now, self._all_paused_until or now
+            self._paused_until.get(job.phone_number_id) or now,
+            self._creds_paused_until.get(job.provider) or now,
         )
         if paused > now:  # throttled or credentials rejected earlier in this pass
             self._release(job, paused)
@@ -254,16 +298,31 @@ class WhatsAppOutboxWorker:
         if stopped is not None:
             self._fail(job, stopped.code, stopped.reason, stopped.title)
             return
-        if not self._pace(job, held):
+        refused = blocking(lint_send_body(body, self._content_policy), self._content_policy)
+        if refused:  # never sent, never retried: the body itself is the problem
+            reason = "; ".join(f"{f.code}: {f.message}" for f in refused)
+            self._fail(job, CONTENT_POLICY_CODE, reason, "Blocked by the content policy")
             return
-        body = {**body, "biz_opaque_callback_data": str(job.id)}
+        send = self._prepare(job, body)
+        if send is None or not self._pace(job, held):
+            return
         try:
-            result = self._client.send(job.phone_number_id, body)
+            provider_message_id = send()
         except SendError as exc:
             self._on_error(job, body, exc, held)
             return
         self._pair_hits.pop(job.pair, None)
-        queue.mark_sent(self._engine, job, result.provider_message_id, self._clock())
+        queue.mark_sent(self._engine, job, provider_message_id, self._clock())
+
+    def _prepare(self, job: Job, body: dict[str, Any]) -> SendCall | None:
+        """The provider's call for ``body``; ``None`` when the row was failed or halted."""
+        try:
+            return self._senders.prepare(job, body)
+        except NotSendable as exc:
+            self._fail(job, exc.code, exc.reason, exc.title)
+        except NoSender as exc:
+            self._halt(job, str(exc), "configure it, then restart")
+        return None
 
     def _pace(self, job: Job, held: dict[tuple[str, str], datetime]) -> bool:
         """Wait for the number's mps token; hold the recipient if over the pair rate.
@@ -315,14 +374,16 @@ class WhatsAppOutboxWorker:
     def _window_closed(
         self, job: Job, body: dict[str, Any], held: dict[tuple[str, str], datetime]
     ) -> None:
-        """Free-form outside the 24 h window: Meta would answer 131047, so don't ask it."""
+        """Free-form outside the 24 h window: Meta would answer 131047 and Twilio 63016, so
+        don't ask them; the code they would give is recorded."""
         if job.fallback is None:
+            code, title = WINDOW_CLOSED.get(job.provider, WINDOW_CLOSED["meta"])
             self._fail(
                 job,
-                131047,
-                "(#131047) more than 24 h since the user last wrote; only a template can be "
+                code,
+                f"(#{code}) more than 24 h since the user last wrote; only a template can be "
                 "sent and the rule gave none (refused locally)",
-                "Re-engagement message",
+                title,
             )
             return
         self._switch_to_template(job, held)
@@ -350,7 +411,7 @@ class WhatsAppOutboxWorker:
             delay = exc.retry_after
             if delay is None:
                 delay = backoff_seconds(job.attempts + 1, self.policy, self._jitter())
-            if exc.code in _THROTTLE_CODES:  # the whole number is over its budget
+            if exc.code in THROTTLE_CODES.get(job.provider, ()):  # the number is over budget
                 self._paused_until[job.phone_number_id] = now + timedelta(seconds=delay)
             self._retry(job, exc.summary, held, delay=delay, code=exc.code, title=exc.title)
         elif action is SendAction.DELAY_RECIPIENT:
@@ -370,23 +431,19 @@ class WhatsAppOutboxWorker:
                 job, exc.summary, held, delay=WINDOW.total_seconds(), code=exc.code, title=exc.title
             )
         elif action is SendAction.REFRESH_CREDENTIALS:
-            self._all_paused_until = now + self.policy.credentials_pause
+            until = now + self.policy.credentials_pause
+            self._creds_paused_until[job.provider] = until
             log.error(
-                "WhatsApp access token rejected (%s); sending paused for %s: set a valid "
-                "WACRM_WHATSAPP_ACCESS_TOKEN",
+                "%s credentials rejected (%s); %s sending paused for %s: %s",
+                job.provider,
                 exc.summary,
+                job.provider,
                 self.policy.credentials_pause,
+                CREDENTIALS_HINTS.get(job.provider, "check the provider's credentials"),
             )
-            self._release(job, self._all_paused_until)
+            self._release(job, until)
         elif action is SendAction.HALT_ALERT:
-            self.halted[job.phone_number_id] = exc.summary
-            log.critical(
-                "ALERT: sending from WhatsApp number %s halted: %s. %s",
-                job.phone_number_id,
-                exc.summary,
-                exc.rule.explanation,
-            )
-            self._release(job, now)
+            self._halt(job, exc.summary, exc.rule.explanation)
         else:  # permanent: fix the request, flag the contact, stop the template, no window
             if action is SendAction.STOP_TEMPLATE:
                 self._stopped.stop(template_key(body), exc, now + self.policy.template_pause)
@@ -397,6 +454,17 @@ class WhatsAppOutboxWorker:
                 exc.title,
                 flag=action is SendAction.NEVER_RETRY_FLAG_CONTACT,
             )
+
+    def _halt(self, job: Job, why: str, explanation: str) -> None:
+        """Stop sending from the number until :meth:`resume` (an ops alert)."""
+        self.halted[job.phone_number_id] = why
+        log.critical(
+            "ALERT: sending from WhatsApp number %s halted: %s. %s",
+            job.phone_number_id,
+            why,
+            explanation,
+        )
+        self._release(job, self._clock())
 
     def _release(self, job: Job, at: datetime) -> None:
         queue.release(self._engine, job, at)
@@ -428,7 +496,7 @@ class WhatsAppOutboxWorker:
         queue.reschedule(self._engine, job, attempts=attempts, at=until, error=error)
 
     def _fail(
-        self, job: Job, code: int | None, error: str, title: str, *, flag: bool = False
+        self, job: Job, code: int | str | None, error: str, title: str, *, flag: bool = False
     ) -> None:
         queue.mark_failed(
             self._engine,

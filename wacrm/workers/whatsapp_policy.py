@@ -15,8 +15,18 @@ from wacrm.whatsapp.meta_send import SendError
 
 WINDOW = timedelta(hours=24)  # the customer-service window (facts/whatsapp.md §2)
 
-# Tags put on a contact Meta says can't or won't receive messages (rules and agents see them).
-CONTACT_FLAGS = {131026: "wa-undeliverable", 131050: "wa-marketing-opt-out"}
+# Tags put on a contact the provider says can't or won't receive messages (rules and agents
+# see them): Meta's codes, then Twilio's (see wacrm.whatsapp.twilio_errors; the two code
+# ranges do not overlap).
+CONTACT_FLAGS = {
+    131026: "wa-undeliverable",
+    131050: "wa-marketing-opt-out",
+    21211: "wa-undeliverable",
+    21614: "wa-undeliverable",
+    63003: "wa-undeliverable",
+    63024: "wa-undeliverable",
+    63014: "wa-blocked",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,26 @@ to :mod:`wacrm.workers.whatsapp_outbox`. Rows are queued by
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Integer, Select, bindparam, exists, func, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Select,
+    bindparam,
+    exists,
+    func,
+    literal,
+    select,
+)
 
 from wacrm.model import DeliveryStatus, advance_status
-from wacrm.store.schema import contacts, messages, wa_outbox
+from wacrm.store.schema import contacts, messages, wa_outbox, whatsapp_numbers
 from wacrm.workers.whatsapp_policy import flag_contact
 
 _CLAIM_LOCK_KEY = 0x7761_6F75  # "waou": serialises claims across PostgreSQL workers
@@ -23,6 +33,8 @@ _CLAIM_LOCK_KEY = 0x7761_6F75  # "waou": serialises claims across PostgreSQL wor
 # Told, inside the transaction that records it, that a message failed for good:
 # (conn, job, error code or None, error title, now). The rules' "message failed" hook.
 FailureHook = Callable[[Connection, "Job", str | None, str, datetime], None]
+
+DEFAULT_PROVIDER = "meta"  # a number not in whatsapp_numbers is a Cloud API number
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,8 @@ class Job:
     last_inbound_at: datetime | None = None
     # Another sender may claim the row after this (its lease ran out): don't send it then.
     leased_until: datetime | None = None
+    # Who sends it: the provider of ``phone_number_id`` in ``whatsapp_numbers`` (meta|twilio).
+    provider: str = DEFAULT_PROVIDER
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -51,12 +65,13 @@ class Job:
 
 
 @functools.cache
-def _claim_query(postgres: bool, skipping: bool) -> Select[Any]:
+def _claim_query(postgres: bool, skipping: bool, skipping_providers: bool) -> Select[Any]:
     """The claim's SELECT, built once per variant: it runs for every batch the processor
     hands over, and building and keying a statement this size cost more than running it."""
     o = wa_outbox
     earlier = wa_outbox.alias("earlier")
     now = bindparam("now", type_=o.c.next_attempt_at.type)
+    provider = func.coalesce(whatsapp_numbers.c.provider, literal(DEFAULT_PROVIDER))
     waiting_before = exists().where(
         earlier.c.phone_number_id == o.c.phone_number_id,
         earlier.c.recipient == o.c.recipient,
@@ -77,10 +92,12 @@ def _claim_query(postgres: bool, skipping: bool) -> Select[Any]:
             o.c.created_at,
             messages.c.contact_id,
             contacts.c.last_inbound_at,
+            provider.label("provider"),
         )
         .join(messages, messages.c.id == o.c.message_id)
         # Read here, in the claim, rather than in a transaction of its own per send.
         .outerjoin(contacts, contacts.c.id == messages.c.contact_id)
+        .outerjoin(whatsapp_numbers, whatsapp_numbers.c.phone_number_id == o.c.phone_number_id)
         .where(o.c.state.in_(("pending", "sending")), o.c.next_attempt_at <= now)
         .where(~waiting_before)
         .order_by(o.c.id)
@@ -88,6 +105,8 @@ def _claim_query(postgres: bool, skipping: bool) -> Select[Any]:
     )
     if skipping:
         query = query.where(o.c.phone_number_id.not_in(bindparam("skip", expanding=True)))
+    if skipping_providers:
+        query = query.where(provider.not_in(bindparam("skip_providers", expanding=True)))
     if postgres:
         query = query.with_for_update(of=o, skip_locked=True)
     return query
@@ -101,12 +120,25 @@ _LEASE = (
 
 
 def claim(
-    engine: Engine, now: datetime, *, limit: int, lease: timedelta, skip_numbers: list[str]
+    engine: Engine,
+    now: datetime,
+    *,
+    limit: int,
+    lease: timedelta,
+    skip_numbers: list[str],
+    skip_providers: Sequence[str] = (),
 ) -> list[Job]:
     """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``, in a
     transaction of its own; see :func:`claim_in`."""
     with engine.begin() as conn:
-        return claim_in(conn, now, limit=limit, lease=lease, skip_numbers=skip_numbers)
+        return claim_in(
+            conn,
+            now,
+            limit=limit,
+            lease=lease,
+            skip_numbers=skip_numbers,
+            skip_providers=skip_providers,
+        )
 
 
 def claim_in(
@@ -116,12 +148,14 @@ def claim_in(
     limit: int,
     lease: timedelta,
     skip_numbers: list[str],
+    skip_providers: Sequence[str] = (),
 ) -> list[Job]:
     """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``, in the
     caller's transaction: the jobs are the caller's to send once it has committed.
 
     A row is not due while an earlier row to the same recipient waits (order is kept), and
-    a ``sending`` row whose lease ran out is due again (its worker died).
+    a ``sending`` row whose lease ran out is due again (its worker died). Rows of numbers
+    in ``skip_numbers``, or whose provider is in ``skip_providers``, are left alone.
     """
     postgres = conn.dialect.name == "postgresql"
     if postgres:
@@ -131,7 +165,10 @@ def claim_in(
     params: dict[str, Any] = {"now": now, "limit": limit}
     if skip_numbers:
         params["skip"] = skip_numbers
-    rows = conn.execute(_claim_query(postgres, bool(skip_numbers)), params).all()
+    if skip_providers:
+        params["skip_providers"] = list(skip_providers)
+    query = _claim_query(postgres, bool(skip_numbers), bool(skip_providers))
+    rows = conn.execute(query, params).all()
     if rows:
         conn.execute(_LEASE, {"ids": [r.id for r in rows], "until": now + lease})
     return [
@@ -148,6 +185,7 @@ def claim_in(
             contact_id=int(r.contact_id) if r.contact_id is not None else None,
             last_inbound_at=r.last_inbound_at,
             leased_until=now + lease,
+            provider=str(r.provider),
         )
         for r in rows
     ]
@@ -173,12 +211,13 @@ def reschedule(engine: Engine, job: Job, *, attempts: int, at: datetime, error: 
 
 
 def mark_sent(engine: Engine, job: Job, provider_message_id: str, now: datetime) -> None:
-    """Meta accepted it: record the wamid (status stays ``queued`` for the webhooks)."""
+    """The provider accepted it: record its id (Meta's wamid, Twilio's SM… sid) and who sent
+    it; the status stays ``queued`` for the status webhooks, which find it by that id."""
     with engine.begin() as conn:
         conn.execute(
             messages.update()
             .where(messages.c.id == job.message_id)
-            .values(provider_message_id=provider_message_id, sent_at=now)
+            .values(provider_message_id=provider_message_id, provider=job.provider, sent_at=now)
         )
         conn.execute(
             wa_outbox.update()
@@ -197,7 +236,7 @@ def mark_failed(
     engine: Engine,
     job: Job,
     *,
-    code: int | None,
+    code: int | str | None,
     error: str,
     title: str,
     now: datetime,
@@ -218,6 +257,7 @@ def mark_failed(
             messages.update()
             .where(messages.c.id == job.message_id)
             .values(
+                provider=job.provider,
                 status=status.value,
                 status_at=now,
                 error_code=str(code) if code is not None else "local",
@@ -229,7 +269,7 @@ def mark_failed(
             .where(wa_outbox.c.id == job.id)
             .values(state="failed", attempts=job.attempts + 1, last_error=error)
         )
-        if flag and job.contact_id is not None:
+        if flag and job.contact_id is not None and isinstance(code, int):
             flag_contact(conn, job.contact_id, code, now)
         if on_failed is not None:
             on_failed(conn, job, str(code) if code is not None else None, title, now)
