@@ -47,7 +47,11 @@ class ErrorRule:
     explanation: str  # what a human should know or do: shown in logs and on failed messages
 
 
-def _rules(*rows: tuple[tuple[int, ...], SendAction, str, str]) -> Mapping[int, ErrorRule]:
+def error_table(
+    *rows: tuple[tuple[int, ...], SendAction, str, str],
+) -> Mapping[int, ErrorRule]:
+    """A provider's error table from rows of (codes, action, title, explanation); a code
+    listed twice is a mistake in the table, caught at import."""
     table: dict[int, ErrorRule] = {}
     for codes, action, title, explanation in rows:
         for code in codes:
@@ -62,7 +66,7 @@ A = SendAction
 # Source: facts/whatsapp.md §2 "Errors" (Meta's error-code page). The last block (100, 131008,
 # 131009, 131053) is not in that table; they are the request-validation codes Meta (and our
 # sandbox) return for a malformed body, and the media-type mismatch named under "Media size".
-ERROR_TABLE: Mapping[int, ErrorRule] = _rules(
+ERROR_TABLE: Mapping[int, ErrorRule] = error_table(
     (
         (130429,),
         A.RETRY_BACKOFF,

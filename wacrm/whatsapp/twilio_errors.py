@@ -42,9 +42,8 @@ and WhatsApp Error Codes" (twilio.com/docs/whatsapp/api/error-code-mapping).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 
-from wacrm.whatsapp.errors import ErrorRule, SendAction
+from wacrm.whatsapp.errors import ErrorRule, SendAction, error_table
 
 A = SendAction
 
@@ -53,17 +52,7 @@ THROTTLE_CODES = frozenset({20429, 63017, 63018})
 CREDENTIALS_HINT = "set valid WACRM_TWILIO_ACCOUNT_SID and WACRM_TWILIO_AUTH_TOKEN"
 
 
-def _rules(*rows: tuple[tuple[int, ...], SendAction, str, str]) -> Mapping[int, ErrorRule]:
-    table: dict[int, ErrorRule] = {}
-    for codes, action, title, explanation in rows:
-        for code in codes:
-            if code in table:
-                raise AssertionError(f"Twilio error code {code} listed twice")
-            table[code] = ErrorRule(code, action, title, explanation)
-    return MappingProxyType(table)
-
-
-TWILIO_ERROR_TABLE: Mapping[int, ErrorRule] = _rules(
+TWILIO_ERROR_TABLE: Mapping[int, ErrorRule] = error_table(
     (
         (20429,),
         A.RETRY_BACKOFF,
