@@ -1,5 +1,6 @@
 """What the REST-hook tests share: a settable clock, a loopback HTTP receiver started by the
-test (port 0, its own thread), and rule events written the way the `emit` action writes them."""
+test (port 0, its own thread), rule events written the way the `emit` action writes them, and
+the secret key (``BOX``) subscription secrets are sealed with."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ import orjson
 from sqlalchemy import Engine, select
 
 from wacrm.store.schema import contacts, hook_deliveries, hook_subscriptions, rule_events
+from wacrm.store.secrets import SecretBox, generate_key
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+# The secret key the hook tests seal subscription secrets with: fresh each run, never stored.
+KEY = generate_key()
+BOX = SecretBox([KEY])
 
 
 class Clock:

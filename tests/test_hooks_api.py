@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import APP_SECRET, VERIFY_TOKEN
-from hooks_support import NOW, emit
+from hooks_support import KEY, NOW, emit
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
@@ -29,6 +29,7 @@ def settings(token: str = TOKEN) -> Settings:
         whatsapp_app_secret=Secret(APP_SECRET),
         whatsapp_verify_token=Secret(VERIFY_TOKEN),
         api_token=Secret(token),
+        secret_key=Secret(KEY),
     )
 
 

@@ -24,7 +24,7 @@ URL = "https://hooks.example/catch/1/"
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     # No wacrm.toml or WACRM_* from the machine running the tests.
     monkeypatch.chdir(tmp_path)
-    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME"):
+    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME", "WACRM_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("WACRM_DATABASE_URL", url)

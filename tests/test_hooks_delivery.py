@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 import orjson
 import pytest
-from hooks_support import Clock, add_contact, deliveries, emit, subscription_row
+from hooks_support import BOX, Clock, add_contact, deliveries, emit, subscription_row
 from sqlalchemy import Engine
 
 from wacrm.hooks.delivery import claim, post, record
@@ -49,7 +49,7 @@ def make_worker(engine: Engine, clock: Clock) -> Iterator[Callable[[Target], Hoo
     def make(target: Target) -> HookDeliveryWorker:
         client = httpx.Client(transport=httpx.MockTransport(target))
         # rng: jitter at its maximum, so backoff delays are known.
-        worker = HookDeliveryWorker(engine, client, clock=clock, rng=_MaxJitter())
+        worker = HookDeliveryWorker(engine, client, box=BOX, clock=clock, rng=_MaxJitter())
         made.append(worker)
         return worker
 
@@ -64,7 +64,9 @@ class _MaxJitter(random.Random):
 
 
 def one_event(engine: Engine, account_id: int, url: str = "https://crm-hooks.example/h") -> int:
-    sub = subscribe(engine, account_id, "order.status_changed", url, Clock()()).subscription
+    sub = subscribe(
+        engine, account_id, "order.status_changed", url, Clock()(), box=BOX
+    ).subscription
     contact = add_contact(engine, account_id)
     emit(engine, account_id, contact_id=contact, data={"new_value": "shipped"})
     return sub.id
@@ -223,13 +225,13 @@ def test_given_crash_mid_post_when_lease_ends_then_sent_once_more_and_old_answer
 ) -> None:
     sub_id = one_event(engine, account_id)
     fan_out(engine, clock.now)
-    [leased] = claim(engine, sub_id, clock.now, lease=timedelta(minutes=5), limit=10)
+    [leased] = claim(engine, sub_id, clock.now, box=BOX, lease=timedelta(minutes=5), limit=10)
     # ... the process dies here, mid-POST: nothing recorded.
 
     clock.advance(minutes=4)
-    assert claim(engine, sub_id, clock.now, lease=timedelta(minutes=5), limit=10) == []
+    assert claim(engine, sub_id, clock.now, box=BOX, lease=timedelta(minutes=5), limit=10) == []
     clock.advance(minutes=1)
-    [again] = claim(engine, sub_id, clock.now, lease=timedelta(minutes=5), limit=10)
+    [again] = claim(engine, sub_id, clock.now, box=BOX, lease=timedelta(minutes=5), limit=10)
     assert (leased.attempts, again.attempts) == (1, 2)
     assert again.body == leased.body
 

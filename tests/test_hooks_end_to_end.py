@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 from conftest import PHONE_NUMBER_ID
-from hooks_support import NOW, Answer, Clock, Receiver, deliveries, emit
+from hooks_support import BOX, NOW, Answer, Clock, Receiver, deliveries, emit
 from sqlalchemy import Engine
 
 from wacrm.config import Settings
@@ -81,10 +81,10 @@ def test_given_handover_rule_fired_when_worker_runs_then_receiver_gets_verifiabl
 ) -> None:
     clock = Clock()
     with Receiver().running() as receiver:
-        new = subscribe(engine, account_id, "handover", receiver.url("/zap/1"), NOW)
+        new = subscribe(engine, account_id, "handover", receiver.url("/zap/1"), NOW, box=BOX)
         customer_writes(engine, account_id, "wamid.H1", "price? I want a human please")
         processor(engine, clock).process_pending()
-        worker = HookDeliveryWorker(engine, clock=clock)
+        worker = HookDeliveryWorker(engine, box=BOX, clock=clock)
         try:
             assert worker.run_once() == 1
         finally:
@@ -122,10 +122,10 @@ async def test_given_running_worker_when_processor_runs_rules_then_it_wakes_and_
 ) -> None:
     clock = Clock()
     # A poll far away: only the processor's wake can explain a prompt delivery.
-    worker = HookDeliveryWorker(engine, clock=clock, poll_seconds=600)
+    worker = HookDeliveryWorker(engine, box=BOX, clock=clock, poll_seconds=600)
     stop = asyncio.Event()
     with Receiver().running() as receiver:
-        subscribe(engine, account_id, "*", receiver.url(), NOW)
+        subscribe(engine, account_id, "*", receiver.url(), NOW, box=BOX)
         inbox = processor(engine, clock, downstream=(worker.wake,))
         tasks = [asyncio.create_task(w.run(stop)) for w in (worker, inbox)]
         await asyncio.sleep(0.2)  # their first passes find nothing
@@ -146,13 +146,15 @@ async def test_given_one_slow_target_when_running_then_other_targets_delivered_m
     engine: Engine, account_id: int
 ) -> None:
     clock = Clock()
-    worker = HookDeliveryWorker(engine, clock=clock, poll_seconds=0.05, per_target=1, timeout=5)
+    worker = HookDeliveryWorker(
+        engine, box=BOX, clock=clock, poll_seconds=0.05, per_target=1, timeout=5
+    )
     release = threading.Event()
     stop = asyncio.Event()
     slow = Receiver(*[Answer(200, hold=release) for _ in range(3)])
     with slow.running(), Receiver().running() as fast:
-        subscribe(engine, account_id, "*", slow.url(), NOW)
-        subscribe(engine, account_id, "*", fast.url(), NOW)
+        subscribe(engine, account_id, "*", slow.url(), NOW, box=BOX)
+        subscribe(engine, account_id, "*", fast.url(), NOW, box=BOX)
         for _ in range(3):
             emit(engine, account_id)
         task = asyncio.create_task(worker.run(stop))
@@ -179,10 +181,10 @@ def test_given_target_that_never_answers_when_timeout_passes_then_retry_is_sched
     clock = Clock()
     release = threading.Event()
     with Receiver(Answer(200, hold=release)).running() as silent:
-        subscribe(engine, account_id, "*", silent.url(), NOW)
+        subscribe(engine, account_id, "*", silent.url(), NOW, box=BOX)
         emit(engine, account_id)
         client = httpx.Client(timeout=0.3)
-        worker = HookDeliveryWorker(engine, client, clock=clock)
+        worker = HookDeliveryWorker(engine, client, box=BOX, clock=clock)
         try:
             started = time.monotonic()
             worker.run_once()

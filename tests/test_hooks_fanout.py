@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hooks_support import NOW, deliveries, emit, subscription_row
+from hooks_support import BOX, NOW, deliveries, emit, subscription_row
 from sqlalchemy import Engine
 
 from wacrm.hooks import fanout
@@ -26,8 +26,10 @@ def test_given_subscriptions_by_event_when_fanned_out_then_each_gets_its_matchin
     engine: Engine, account_id: int
 ) -> None:
     other = ensure_account(engine, "other")
-    orders = subscribe(engine, account_id, "order.status_changed", "https://a.example/h", NOW)
-    everything = subscribe(engine, account_id, "*", "https://b.example/h", NOW)
+    orders = subscribe(
+        engine, account_id, "order.status_changed", "https://a.example/h", NOW, box=BOX
+    )
+    everything = subscribe(engine, account_id, "*", "https://b.example/h", NOW, box=BOX)
     order = emit(engine, account_id, "order.status_changed")
     handover = emit(engine, account_id, "handover")
     emit(engine, other, "order.status_changed")  # not this account's
@@ -43,7 +45,7 @@ def test_given_subscriptions_by_event_when_fanned_out_then_each_gets_its_matchin
 def test_given_fan_out_run_again_when_nothing_new_then_no_duplicates(
     engine: Engine, account_id: int
 ) -> None:
-    subscribe(engine, account_id, "*", "https://a.example/h", NOW)
+    subscribe(engine, account_id, "*", "https://a.example/h", NOW, box=BOX)
     for _ in range(3):
         emit(engine, account_id)
 
@@ -57,7 +59,7 @@ def test_given_fan_out_run_again_when_nothing_new_then_no_duplicates(
 def test_given_crash_before_commit_when_fan_out_rerun_then_each_event_exactly_once(
     engine: Engine, account_id: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW).subscription
+    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW, box=BOX).subscription
     events = [emit(engine, account_id) for _ in range(3)]
 
     # The process dies after the delivery rows were inserted, before the transaction
@@ -84,7 +86,7 @@ def test_given_crash_before_commit_when_fan_out_rerun_then_each_event_exactly_on
 def test_given_high_water_mark_lost_when_fanned_out_again_then_unique_key_keeps_one_each(
     engine: Engine, account_id: int
 ) -> None:
-    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW).subscription
+    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW, box=BOX).subscription
     events = [emit(engine, account_id) for _ in range(2)]
     fan_out(engine, LATER)
     with engine.begin() as conn:  # as if the advance had been lost
@@ -104,7 +106,7 @@ def test_given_high_water_mark_lost_when_fanned_out_again_then_unique_key_keeps_
 def test_given_lower_id_committing_after_higher_when_fanned_out_then_neither_is_skipped(
     engine: Engine, account_id: int
 ) -> None:
-    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW).subscription
+    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW, box=BOX).subscription
     # Ids are given out before commit: event 6 commits, the fan-out runs, then 5 commits.
     emit(engine, account_id, event_id=6)
     assert fan_out(engine, NOW) == 1
@@ -121,7 +123,9 @@ def test_given_lower_id_committing_after_higher_when_fanned_out_then_neither_is_
 def test_given_more_events_than_a_page_when_fanned_out_then_all_delivered_once(
     engine: Engine, account_id: int
 ) -> None:
-    sub = subscribe(engine, account_id, "handover", "https://a.example/h", NOW).subscription
+    sub = subscribe(
+        engine, account_id, "handover", "https://a.example/h", NOW, box=BOX
+    ).subscription
     names = ["handover", "order.status_changed", "handover", "handover", "other", "handover"]
     events = [emit(engine, account_id, n) for n in names]
 
@@ -137,7 +141,7 @@ def test_given_more_events_than_a_page_when_fanned_out_then_all_delivered_once(
 def test_given_other_worker_advanced_meanwhile_when_fanning_out_then_its_page_left_to_it(
     engine: Engine, account_id: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW).subscription
+    sub = subscribe(engine, account_id, "*", "https://a.example/h", NOW, box=BOX).subscription
     event = emit(engine, account_id)
     real = fanout._fan_out_one
 

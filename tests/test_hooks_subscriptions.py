@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hooks_support import NOW, deliveries, emit, subscription_row
+from hooks_support import BOX, NOW, deliveries, emit, subscription_row
 from sqlalchemy import Engine
 
 from wacrm.hooks.delivery import HOOK_POLICY
@@ -102,7 +102,7 @@ def test_given_events_already_emitted_when_subscribed_then_starts_after_the_newe
     newest = emit(engine, account_id)
     emit(engine, other)  # another account's events do not count
 
-    new = subscribe(engine, account_id, "*", "https://example.com/h", NOW)
+    new = subscribe(engine, account_id, "*", "https://example.com/h", NOW, box=BOX)
 
     assert new.subscription.delivered_through == newest
     assert subscription_row(engine, new.subscription.id).delivered_through == newest
@@ -114,8 +114,8 @@ def test_given_events_already_emitted_when_subscribed_then_starts_after_the_newe
 def test_given_subscription_when_created_then_strong_secret_shown_once_and_never_listed(
     engine: Engine, account_id: int
 ) -> None:
-    first = subscribe(engine, account_id, "handover", "https://example.com/a", NOW)
-    second = subscribe(engine, account_id, "handover", "https://example.com/a", NOW)
+    first = subscribe(engine, account_id, "handover", "https://example.com/a", NOW, box=BOX)
+    second = subscribe(engine, account_id, "handover", "https://example.com/a", NOW, box=BOX)
 
     secret = first.secret.reveal()
     assert len(secret) == 64 and int(secret, 16) >= 0  # 256 bits, hex
@@ -131,7 +131,7 @@ def test_given_subscription_when_removed_then_gone_with_its_deliveries_and_other
     engine: Engine, account_id: int
 ) -> None:
     other = ensure_account(engine, "other")
-    sub = subscribe(engine, account_id, "*", "https://example.com/h", NOW).subscription
+    sub = subscribe(engine, account_id, "*", "https://example.com/h", NOW, box=BOX).subscription
     emit(engine, account_id)
     fan_out(engine, NOW)
     assert len(deliveries(engine)) == 1
@@ -147,7 +147,7 @@ def test_given_subscription_when_removed_then_gone_with_its_deliveries_and_other
 def test_given_subscription_when_disabled_then_reason_kept_pending_dead_and_no_more_fan_out(
     engine: Engine, account_id: int
 ) -> None:
-    sub = subscribe(engine, account_id, "*", "https://example.com/h", NOW).subscription
+    sub = subscribe(engine, account_id, "*", "https://example.com/h", NOW, box=BOX).subscription
     emit(engine, account_id)
     fan_out(engine, NOW)
 

@@ -9,7 +9,8 @@
 
 Every route wants ``Authorization: Bearer <WACRM_API_TOKEN>`` (compared in constant time).
 Fail closed: with no token set, they all answer 503 and do nothing. Subscriptions belong to
-the account ``WACRM_ACCOUNT_NAME``.
+the account ``WACRM_ACCOUNT_NAME``. Secrets are stored sealed: with no usable secret key
+(``WACRM_SECRET_KEY``), subscribing answers 503 (the reason is in the server's log).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from wacrm.config import Settings
+from wacrm.config import ConfigError, Settings
 from wacrm.hooks.delivery import DELIVERY_STATES, list_deliveries
 from wacrm.hooks.subscriptions import (
     HookError,
@@ -40,12 +41,14 @@ from wacrm.hooks.subscriptions import (
 from wacrm.rules.loader import load_ruleset
 from wacrm.rules.schema import RuleFileError
 from wacrm.store.accounts import ensure_account
+from wacrm.store.secrets import SecretBox
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_LIMIT = 500
 _NO_TOKEN = "set WACRM_API_TOKEN to enable the API"
+_NO_KEY = "secrets cannot be sealed: the server's WACRM_SECRET_KEY is unusable (see its log)"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -63,13 +66,20 @@ class _BadRequest(Exception):
 
 class HooksApi:
     """The routes' handlers; ``known_events`` (default: what the loaded rules emit, read at
-    the first subscription) limits what may be subscribed to."""
+    the first subscription) limits what may be subscribed to; ``box`` (default: the key of
+    ``settings``) seals the secrets."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, *, known_events: Collection[str] | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        known_events: Collection[str] | None = None,
+        box: SecretBox | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
+        self._box = box if box is not None else SecretBox.from_settings(settings)
         self._known = known_events
         self._account_id: int | None = None
 
@@ -121,10 +131,14 @@ class HooksApi:
                 doc.get("event"),
                 doc.get("target_url"),
                 datetime.now(UTC),
+                box=self._box,
                 known_events=known,
             )
         except HookError as exc:
             return _error(422, str(exc))
+        except ConfigError as exc:  # the admin's to fix; the caller learns only that
+            logger.error("cannot subscribe a REST hook: %s", exc)
+            return _error(503, _NO_KEY)
         sub = new.subscription
         body = {
             "id": sub.id,

@@ -56,19 +56,25 @@ def _json(value: Any) -> None:
 @click.pass_context
 @user_errors
 def hooks_add(ctx: click.Context, event: str, url: str) -> None:
-    """Send rule event EVENT (or '*' for all) to URL, signed with a new secret."""
+    """Send rule event EVENT (or '*' for all) to URL, signed with a new secret (stored
+    sealed with WACRM_SECRET_KEY, or the key file beside a SQLite store)."""
     from wacrm.hooks.subscriptions import HookError, emitted_events, subscribe
     from wacrm.rules.loader import load_ruleset
     from wacrm.rules.schema import RuleFileError
+    from wacrm.store.secrets import SecretBox
 
     settings = settings_from(ctx)
     try:
         known = emitted_events(load_ruleset(settings.rules_dir or None))
     except RuleFileError as exc:
         raise UsageError(f"rules: {exc}") from None
+    box = SecretBox.from_settings(settings)
+    box.ready()  # a missing or bad key: one error line, exit 2, before the store is touched
     with _store(ctx) as (engine, account_id):
         try:
-            new = subscribe(engine, account_id, event, url, datetime.now(UTC), known_events=known)
+            new = subscribe(
+                engine, account_id, event, url, datetime.now(UTC), box=box, known_events=known
+            )
         except HookError as exc:
             raise UsageError(str(exc)) from None
     sub = new.subscription
@@ -83,7 +89,7 @@ def hooks_add(ctx: click.Context, event: str, url: str) -> None:
 @click.pass_context
 @user_errors
 def hooks_list(ctx: click.Context, as_json: bool) -> None:
-    """The subscriptions (without their secrets)."""
+    """The subscriptions (without their secrets); a disabled one with its reason."""
     from wacrm.hooks.subscriptions import list_subscriptions
 
     with _store(ctx) as (engine, account_id):

@@ -44,6 +44,10 @@ What the answer means
   10 attempts within 24 hours, then dead with the last status and error.
 - Anything else (other 4xx, a 3xx: redirects are not followed): dead at once.
 
+The secret is stored sealed and opened when its deliveries are leased. One that no configured
+key opens (``WACRM_SECRET_KEY`` changed without its old key) cannot sign: that delivery is dead
+and the subscription disabled, both with the reason :data:`SECRET_UNOPENABLE`; subscribe again.
+
 The POST happens outside any store transaction (on SQLite one would hold the webhook inbox
 up). Before it, the delivery is leased: its attempt is counted and ``next_attempt_at`` moved a
 lease ahead, so a crash mid-POST sends it again once the lease ends, and never in parallel.
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -61,12 +66,15 @@ from typing import Any, Literal
 
 import httpx
 import orjson
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, func, select
 
 from wacrm.config import Secret
 from wacrm.hooks.subscriptions import disable_in
 from wacrm.store.schema import accounts, contacts, hook_deliveries, hook_subscriptions, rule_events
+from wacrm.store.secrets import SecretBox, SecretError
 from wacrm.sync.retry import RetryPolicy, parse_retry_after
+
+logger = logging.getLogger(__name__)
 
 EVENT_ID_HEADER = "X-Wacrm-Event-Id"
 TIMESTAMP_HEADER = "X-Wacrm-Timestamp"
@@ -77,6 +85,7 @@ HOOK_POLICY = RetryPolicy(
 )
 DELIVERY_STATES = ("pending", "delivered", "dead")
 _ERROR_SNIPPET = 200  # characters of a failing answer's body kept in last_error
+SECRET_UNOPENABLE = "secret cannot be opened (key changed?)"
 
 Kind = Literal["delivered", "retry", "dead", "gone"]
 
@@ -145,9 +154,18 @@ def due_subscriptions(
 
 
 def claim(
-    engine: Engine, subscription_id: int, now: datetime, *, lease: timedelta, limit: int
+    engine: Engine,
+    subscription_id: int,
+    now: datetime,
+    *,
+    box: SecretBox,
+    lease: timedelta,
+    limit: int,
 ) -> list[Job]:
-    """Lease up to ``limit`` due deliveries of one subscription, oldest first."""
+    """Lease up to ``limit`` due deliveries of one subscription, oldest first, with its
+    secret opened by ``box``. If it does not open, they are dead and the subscription
+    disabled (:data:`SECRET_UNOPENABLE`), and nothing is leased. A :class:`ConfigError`
+    (``box`` has no key) leaves everything as it was."""
     with engine.begin() as conn:
         rows = conn.execute(
             select(
@@ -195,6 +213,13 @@ def claim(
             .order_by(hook_deliveries.c.next_attempt_at, hook_deliveries.c.id)
             .limit(limit)
         ).all()
+        if not rows:
+            return []
+        try:  # one subscription: one secret
+            secret = Secret(box.open(rows[0].secret))
+        except SecretError:
+            _unopenable(conn, subscription_id, [int(r.id) for r in rows], now)
+            return []
         jobs = []
         for row in rows:
             leased = conn.execute(
@@ -217,11 +242,22 @@ def claim(
                     attempts=int(row.attempts) + 1,
                     queued_at=row.queued_at,
                     target_url=row.target_url,
-                    secret=Secret(row.secret),
+                    secret=secret,
                     body=event_body(row),
                 )
             )
     return jobs
+
+
+def _unopenable(conn: Connection, subscription_id: int, due: list[int], now: datetime) -> None:
+    conn.execute(
+        hook_deliveries.update()
+        .where(hook_deliveries.c.id.in_(due), hook_deliveries.c.state == "pending")
+        .values(state="dead", last_error=SECRET_UNOPENABLE)
+    )
+    if disable_in(conn, subscription_id, SECRET_UNOPENABLE, now):
+        # Ids only: never the token, never the target URL.
+        logger.error("hook subscription %s disabled: %s", subscription_id, SECRET_UNOPENABLE)
 
 
 def event_body(row: Any) -> bytes:

@@ -2,9 +2,10 @@
 
 A subscription starts at the account's newest rule event (``delivered_through``): REST hooks
 deliver what happens from now on, never a backlog. Its secret is made here, shown once to
-whoever subscribed, and kept for signing; listings never show it. A subscription is removed
-with its deliveries, or disabled with a reason (a target answering 410 Gone), which also ends
-the deliveries still pending for it.
+whoever subscribed, and kept for signing, sealed (:class:`~wacrm.store.secrets.SecretBox`:
+the column holds a Fernet token, never the secret); listings never show it. A subscription
+is removed with its deliveries, or disabled with a reason (a target answering 410 Gone),
+which also ends the deliveries still pending for it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, Engine, func, select
 from wacrm.config import Secret
 from wacrm.rules.schema import EmitEvent, HandOver, RuleSet
 from wacrm.store.schema import hook_deliveries, hook_subscriptions, rule_events
+from wacrm.store.secrets import SecretBox
 
 ALL_EVENTS = "*"
 # As the rules loader accepts them for emit_event (lower case, like order.shipped).
@@ -129,13 +131,16 @@ def subscribe(
     target_url: Any,
     now: datetime,
     *,
+    box: SecretBox,
     known_events: Collection[str] | None = None,
 ) -> NewSubscription:
-    """Validate and store a subscription starting at the account's newest rule event;
-    raises :class:`HookError` with the reason for bad input."""
+    """Validate and store a subscription starting at the account's newest rule event, its
+    secret sealed by ``box``; raises :class:`HookError` with the reason for bad input (and
+    :class:`~wacrm.config.ConfigError` when ``box`` has no key)."""
     event = check_event(event, known_events)
     target_url = check_target_url(target_url)
     secret = secrets.token_hex(32)
+    sealed = box.seal(secret)  # before the transaction: it may read or create the key file
     with engine.begin() as conn:
         newest = conn.execute(
             select(func.coalesce(func.max(rule_events.c.id), 0)).where(
@@ -147,7 +152,7 @@ def subscribe(
                 account_id=account_id,
                 event=event,
                 target_url=target_url,
-                secret=secret,
+                secret=sealed,
                 state="active",
                 delivered_through=int(newest),
                 created_at=now,

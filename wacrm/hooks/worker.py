@@ -8,6 +8,9 @@ small pool of sender threads, without waiting for them: a slow target holds at m
 that ends wakes the worker, so a backlog drains as fast as the targets answer.
 
 Every store write is its own short transaction; no transaction is open during a POST.
+Subscription secrets are opened with the worker's :class:`~wacrm.store.secrets.SecretBox`;
+while it has no key (``WACRM_SECRET_KEY`` unset on PostgreSQL), deliveries wait, with one
+error line saying so.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine
 
 from wacrm import __version__
+from wacrm.config import ConfigError, Settings
 from wacrm.hooks.delivery import HOOK_POLICY, Job, claim, due_subscriptions, post, record
 from wacrm.hooks.fanout import SETTLE, fan_out
+from wacrm.store.secrets import SecretBox
 from wacrm.sync.retry import RetryPolicy
 from wacrm.workers.threaded import WorkerThread
 
@@ -47,6 +53,7 @@ class HookDeliveryWorker:
         engine: Engine,
         client: httpx.Client | None = None,
         *,
+        box: SecretBox,
         clock: Clock = _utcnow,
         rng: random.Random | None = None,
         policy: RetryPolicy = HOOK_POLICY,
@@ -60,8 +67,11 @@ class HookDeliveryWorker:
         """``clock`` and ``rng`` (the backoff's jitter) are injectable so tests need neither
         a real clock nor sleeps; ``client`` too (default: one of our own, ``timeout``
         seconds per connect/read/write, redirects not followed). ``lease`` must outlast a
-        POST (``timeout``): a delivery leased longer than that is taken as lost in a crash."""
+        POST (``timeout``): a delivery leased longer than that is taken as lost in a crash.
+        ``box`` opens the subscriptions' secrets."""
         self._engine = engine
+        self._box = box
+        self._no_key_logged = False
         self._own_client = client is None
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
@@ -84,6 +94,11 @@ class HookDeliveryWorker:
         self._in_flight: dict[int, int] = {}  # subscription id -> POSTs under way
         self._new_events = True  # fan out on the first pass
         self._fanned_out_at = float("-inf")  # time.monotonic()
+
+    @classmethod
+    def from_settings(cls, engine: Engine, settings: Settings, **kwargs: Any) -> HookDeliveryWorker:
+        """The worker with the secret key of ``settings`` (read when first needed)."""
+        return cls(engine, box=SecretBox.from_settings(settings), **kwargs)
 
     # -- Worker protocol ---------------------------------------------------------------
 
@@ -135,7 +150,10 @@ class HookDeliveryWorker:
         if free <= 0:
             return []
         futures: list[concurrent.futures.Future[None]] = []
-        for sid in due_subscriptions(self._engine, now, exclude=busy, limit=self._concurrency):
+        due = due_subscriptions(self._engine, now, exclude=busy, limit=self._concurrency)
+        if due and not self._keys_ready():
+            return futures
+        for sid in due:
             with self._lock:
                 room = min(
                     self._per_target - self._in_flight.get(sid, 0),
@@ -143,11 +161,24 @@ class HookDeliveryWorker:
                 )
             if room <= 0:
                 continue
-            for job in claim(self._engine, sid, now, lease=self._lease, limit=room):
+            jobs = claim(self._engine, sid, now, box=self._box, lease=self._lease, limit=room)
+            for job in jobs:
                 with self._lock:
                     self._in_flight[sid] = self._in_flight.get(sid, 0) + 1
                 futures.append(self._pool.submit(self._deliver, job))
         return futures
+
+    def _keys_ready(self) -> bool:
+        """Whether the box has its key; if not, deliveries wait (logged once, not per pass)."""
+        try:
+            self._box.ready()
+        except ConfigError as exc:
+            if not self._no_key_logged:
+                logger.error("hook deliveries wait, their secrets cannot be opened: %s", exc)
+                self._no_key_logged = True
+            return False
+        self._no_key_logged = False
+        return True
 
     def _deliver(self, job: Job) -> None:
         try:
