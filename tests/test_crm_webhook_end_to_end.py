@@ -149,9 +149,11 @@ def test_given_the_full_serve_composition_when_a_signed_webhook_arrives_then_mir
     app = build_app(_settings(url, secret, tmp_path))  # build_workers: what `wacrm serve` runs
     engine = create_store_engine(url)
     crm = LocalConnector(engine, ensure_account(engine, "default"))
+    # Made before the server starts, so its first read brings the contact into the mirror
+    # (made later, only a webhook or the 30-minute baseline read would).
+    crm.update_properties("contacts", "+15550100003", {"phone": "+15550100003"})
     with BackgroundServer(app) as server:
         try:
-            crm.update_properties("contacts", "+15550100003", {"phone": "+15550100003"})
             _seconds_until(lambda: _priority(engine, "+15550100003") is None and _exists(engine))
             record_id = crm.update_properties(
                 "contacts", "+15550100003", {"phone": "+15550100003", "priority": "high"}
