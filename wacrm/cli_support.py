@@ -11,6 +11,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from wacrm.config import ConfigError, Settings, load_settings
 from wacrm.store import StoreError
@@ -27,8 +28,16 @@ class UsageError(click.ClickException):
         click.echo(f"wacrm: error: {self.format_message()}", err=True)
 
 
+class StoreUnavailable(click.ClickException):
+    """The store did not answer (server down, wrong host): one line, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"wacrm: error: {self.format_message()}", err=True)
+
+
 def user_errors(func: F) -> F:
-    """Turn configuration and input errors into a one-line message and exit 2."""
+    """Turn configuration and input errors into a one-line message and exit 2, and a store
+    that cannot be reached into one line and exit 1: never a traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -36,6 +45,11 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (ConfigError, StoreError) as exc:
             raise UsageError(str(exc)) from None
+        except OperationalError as exc:
+            # The driver's first line says why (refused, unknown host, locked); the statement
+            # and its parameters, which may hold customer data, are left out.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise StoreUnavailable(f"the store is unavailable: {reason}") from None
 
     return wrapper  # type: ignore[return-value]
 
