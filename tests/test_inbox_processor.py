@@ -202,7 +202,12 @@ def test_given_text_price_when_processed_then_contact_ticket_reply_and_crm_chang
         "context": {"message_id": "wamid.A1"},
     }
     changes = {(r.object, r.record_key): r for r in rows(engine, crm_outbox)}
-    assert set(changes) == {("contacts", "+16315551234"), ("tickets", "wa:wamid.A1")}
+    assert set(changes) == {
+        ("contacts", "+16315551234"),
+        ("tickets", "wa:wamid.A1"),
+        ("messages", "msg:wamid.A1"),  # the message's activity, not urgent
+    }
+    assert changes["messages", "msg:wamid.A1"].urgent == 0
     contact_change = orjson.loads(changes["contacts", "+16315551234"].payload)
     # The mirror's fields and the rule's tag, coalesced into one CRM write.
     assert contact_change["properties"] == {

@@ -227,6 +227,17 @@ def sandbox_whatsapp(
 @click.option("--param", "params", multiple=True, help="Template body parameter, in order.")
 @click.option("--media", metavar="FILE_OR_URL", help="A file to upload, or a public URL.")
 @click.option("--caption", help="Caption for --media.")
+@click.option(
+    "--provider",
+    type=click.Choice(["meta", "twilio"]),
+    help="Which provider sends, when both Meta and Twilio are configured.",
+)
+@click.option(
+    "--from",
+    "from_number",
+    metavar="+E164",
+    help="Twilio WhatsApp sender to send from; default: WACRM_TWILIO_FROM_NUMBER.",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to try.")
 @click.pass_context
 @user_errors
@@ -239,28 +250,49 @@ def send_cmd(
     params: tuple[str, ...],
     media: str | None,
     caption: str | None,
+    provider: str | None,
+    from_number: str | None,
     timeout: float,
 ) -> None:
-    """Send a WhatsApp message and print its provider message id."""
+    """Send a WhatsApp message through the configured provider (Meta Cloud API or Twilio)
+    and print its provider message id (wamid or Twilio SM… sid)."""
     import httpx
 
     from wacrm.server.runtime import ensure_default_account, open_store
+    from wacrm.store.accounts import register_number
+    from wacrm.whatsapp.content_policy import ContentPolicy, blocking, lint_send_body
     from wacrm.whatsapp.meta_send import CloudApiClient, SendError
-    from wacrm.workers.whatsapp_send import build_body, send_now
+    from wacrm.whatsapp.twilio_send import TwilioSender
+    from wacrm.workers.whatsapp_send import (
+        build_body,
+        check_sendable,
+        choose_route,
+        local_media,
+        send_now,
+    )
 
     settings = settings_from(ctx)
-    if not settings.whatsapp_phone_number_id or not settings.whatsapp_access_token:
-        raise UsageError("set WACRM_WHATSAPP_PHONE_NUMBER_ID and WACRM_WHATSAPP_ACCESS_TOKEN")
+    try:
+        route = choose_route(settings, provider, from_number)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    content_policy = ContentPolicy.from_settings(settings)
     engine = open_store(settings)
     try:
         account_id = ensure_default_account(engine, settings)
+        if route.provider == "twilio":
+            try:
+                register_number(engine, account_id, route.phone_number_id, provider="twilio")
+            except ValueError as exc:
+                raise UsageError(f"--from {route.phone_number_id}: {exc}") from None
         with httpx.Client(timeout=30.0) as http:
-            client = CloudApiClient(settings, http=http)
+            meta = CloudApiClient(settings, http=http) if route.provider == "meta" else None
+            twilio = TwilioSender.from_settings(http, settings) if meta is None else None
             try:
                 body, stored_text = build_body(
                     to,
-                    client=client,
-                    phone_number_id=settings.whatsapp_phone_number_id,
+                    client=meta,
+                    phone_number_id=route.phone_number_id,
                     text=text,
                     template=template,
                     language=lang,
@@ -268,16 +300,30 @@ def send_cmd(
                     media=media,
                     caption=caption,
                 )
+                check_sendable(route, body, settings)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except SendError as exc:
                 raise click.ClickException(f"media upload failed: {exc.summary}") from None
+            size, mime = local_media(media)
+            findings = lint_send_body(body, content_policy, media_size=size, media_mime=mime)
+            refused = blocking(findings, content_policy)
+            if refused:
+                raise UsageError(
+                    "refused by the content policy: "
+                    + "; ".join(f"{f.code}: {f.message}" for f in refused)
+                )
+            for finding in findings:
+                click.echo(f"wacrm: warning: {finding.code}: {finding.message}", err=True)
             outcome = send_now(
                 engine,
                 settings,
-                client,
+                meta,
                 body,
                 account_id=account_id,
+                phone_number_id=route.phone_number_id,
+                twilio=twilio,
+                provider=route.provider,
                 text=stored_text,
                 timeout=timeout,
             )
@@ -317,10 +363,15 @@ def _load_rules(ctx: click.Context, directory: str | None) -> Any:
 @click.pass_context
 def rules_check(ctx: click.Context, directory: str | None) -> None:
     """Validate rule files and list their rules (default: shipped rules + WACRM_RULES_DIR)."""
+    from wacrm.rules.checks import reply_texts
     from wacrm.rules.report import check_lines
+    from wacrm.whatsapp.lint_command import lint_rule_texts
 
-    for line in check_lines(_load_rules(ctx, directory)):
+    ruleset = _load_rules(ctx, directory)
+    for line in check_lines(ruleset):
         click.echo(line)
+    settings = settings_from(ctx)  # auto-reply texts go through the content policy too
+    lint_rule_texts(reply_texts(ruleset, {"price_list": settings.price_list_text}), settings)
 
 
 @rules.command("test")
@@ -501,6 +552,23 @@ def sync_status_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the fault generator.")
 @click.option("--webhook-url", metavar="URL", help="Where to post change webhooks.")
+@click.option(
+    "--client-secret",
+    envvar="WACRM_CRM_WEBHOOK_SECRET",
+    default="",
+    show_default=False,
+    metavar="SECRET",
+    help="The CRM app's client secret: sign change webhooks with X-HubSpot-Signature-v3 "
+    "(default: $WACRM_CRM_WEBHOOK_SECRET, as `wacrm serve` reads it).",
+)
+@click.option(
+    "--portal-id",
+    envvar="WACRM_CRM_TENANT",
+    default=62515,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The portal id the change events carry (default: $WACRM_CRM_TENANT).",
+)
 def sandbox_crm(
     host: str,
     port: int,
@@ -509,6 +577,8 @@ def sandbox_crm(
     fault_rate: float,
     seed: int,
     webhook_url: str | None,
+    client_secret: str,
+    portal_id: int,
 ) -> None:
     """Run the HubSpot-like CRM simulator (batch upsert, search, 429s, faults, webhooks)."""
     from wacrm.sandbox.crm_app import main as simulator_main
@@ -533,7 +603,11 @@ def sandbox_crm(
         str(fault_rate),
         "--seed",
         str(seed),
+        "--portal-id",
+        str(portal_id),
     ]
+    if client_secret:
+        argv += ["--client-secret", client_secret]
     simulator_main(argv + (["--webhook-url", webhook_url] if webhook_url else []))
 
 
@@ -625,8 +699,17 @@ def media_retry(ctx: click.Context) -> None:
 # Commands defined in their own room's module, each registered on one line here.
 # (helpers: add your `cli.add_command(...)` line directly below your marker, nowhere else)
 # [lint]
+from wacrm.whatsapp.lint_command import lint_cmd  # noqa: E402
+
+cli.add_command(lint_cmd)
 # [hooks]
+from wacrm.hooks.cli import hooks_group  # noqa: E402
+
+cli.add_command(hooks_group)
 # [crm-webhooks]
+from wacrm.store.secrets_cli import secrets_group  # noqa: E402
+
+cli.add_command(secrets_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,6 +69,10 @@ class Settings:
     twilio_account_sid: str = ""
     twilio_auth_token: Secret = field(default_factory=lambda: Secret(""))
     twilio_api_base_url: str = DEFAULT_TWILIO_BASE_URL
+    # The WhatsApp sender `wacrm send` uses through Twilio (e.g. +14155238886), and each
+    # template's Content API SID: "name=HX…, name/lang=HX…" (Twilio sends templates only so).
+    twilio_from_number: str = ""
+    twilio_content_sids: str = ""
     # The public base URL providers call (e.g. https://crm-hooks.example.com). Twilio signs the
     # URL it called, which behind a proxy differs from what the server sees; empty: use the
     # request's own Host and scheme.
@@ -76,8 +80,35 @@ class Settings:
     max_body_bytes: int = 3 * 1024 * 1024
     # (helpers: add your settings directly below your marker, nowhere else)
     # [content-policy settings]
+    # Checked before a send and by `wacrm lint` (wacrm/whatsapp/content_policy.py): words and
+    # phrases that draw spam flags, comma separated (an Arabic comma works too), each matched
+    # as a whole word ignoring case; extra link-shortener domains, added to the built-in list;
+    # and whether such warnings stop a send ("block") or are only reported ("warn"). Errors
+    # (a text over 4096 characters, media over its size limit…) always stop a send.
+    content_sensitive_words: str = "free,limited time"
+    content_shorteners: str = ""
+    content_policy: str = "warn"
     # [hooks settings]
+    # Bearer token for the REST API (/api/hooks: REST-hook subscriptions). Empty: those routes
+    # answer 503 and do nothing (fail closed).
+    api_token: Secret = field(default_factory=lambda: Secret(""))
+    # Fernet key(s) sealing stored secrets (hook signing secrets, CRM tokens): one or more,
+    # comma separated, newest first (`wacrm secrets keygen` makes one; put a new key first,
+    # then run `wacrm secrets rotate`). Empty: a key file beside a SQLite store
+    # (wacrm.db -> wacrm.key, made on first need, mode 0600); PostgreSQL needs this set.
+    secret_key: Secret = field(default_factory=lambda: Secret(""))
     # [crm-webhook settings]
+    # CRM change webhooks (POST /webhooks/crm, HubSpot's shape, X-HubSpot-Signature-v3): the CRM
+    # app's client secret (empty: the route answers 404, nothing unsigned is read), our app id
+    # (events our own writes caused carry it and trigger nothing), and the CRM's portal/org id
+    # of the default account (how a webhook finds it).
+    crm_webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    crm_app_id: str = ""
+    crm_tenant: str = ""
+    # Each WhatsApp message, in and out, becomes an activity on its contact in the CRM (HubSpot:
+    # a Communication), outbound ones updated with their delivery status. Turn off (false) when
+    # the CRM plan counts records.
+    crm_message_activity: bool = True
     price_list_text: str = (
         "Our price list: Starter 9.99 USD/month, Business 29 USD/month, "
         "Enterprise on request. Reply 'agent' to talk to a person."
@@ -90,11 +121,21 @@ class Settings:
 
 _SECRET_FIELDS = {f.name for f in fields(Settings) if f.type in ("Secret", Secret)}
 _INT_FIELDS = {f.name for f in fields(Settings) if f.type in ("int", int)}
+_BOOL_FIELDS = {f.name for f in fields(Settings) if f.type in ("bool", bool)}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _coerce(name: str, raw: Any) -> Any:
     if name in _SECRET_FIELDS:
         return Secret(str(raw))
+    if name in _BOOL_FIELDS:
+        if isinstance(raw, bool):
+            return raw
+        word = str(raw).strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise ConfigError(f"WACRM_{name.upper()} must be true or false, got {raw!r}")
+        return word in _TRUE
     if name in _INT_FIELDS:
         try:
             return int(raw)

@@ -14,7 +14,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from wacrm.model import WriteResult
 
-OBJECTS = ("contacts", "tickets", "tasks")
+# ``messages``: one activity per WhatsApp message, in and out (HubSpot: a Communication).
+OBJECTS = ("contacts", "tickets", "tasks", "messages")
+# Objects that belong to a contact: each record carries its contact's key.
+CHILD_OBJECTS = frozenset({"tickets", "tasks", "messages"})
+# Appended to a text cut to fit a CRM property's limit: the record is written, never refused.
+TRUNCATION_MARKER = " …[truncated]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,16 @@ class ConnectorError(RuntimeError):
         self.code = code
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+def fit_text(value: str, limit: int | None) -> str:
+    """``value`` cut to at most ``limit`` characters, ending with :data:`TRUNCATION_MARKER`
+    when something was cut; unchanged when it fits or there is no limit."""
+    if limit is None or len(value) <= limit:
+        return value
+    if limit <= len(TRUNCATION_MARKER):
+        return value[:limit]
+    return value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
 
 
 @runtime_checkable

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from wacrm.connectors.base import (
+    CHILD_OBJECTS,
     OBJECTS,
     ChangePage,
     CheckResult,
@@ -29,13 +30,12 @@ from wacrm.connectors.base import (
     IncomingRecord,
     OutgoingRecord,
     RateLimit,
+    fit_text,
 )
 from wacrm.mappings import TYPES, Mapping, load_mapping, mapping_path
 from wacrm.model import WriteResult
 from wacrm.store.schema import accounts, local_crm_properties, local_crm_records
 
-# Objects that belong to a contact; their ``contact_key`` is resolved to the contact's id.
-_CHILD_OBJECTS = frozenset({"tickets", "tasks"})
 _CURSOR_SEP = "|"
 
 
@@ -210,7 +210,8 @@ class LocalConnector:
             props, ignored = _to_crm(mapping, record.properties)
         except InvalidValue as exc:
             return _failure(record.key, "INVALID_VALUE", str(exc))
-        if object in _CHILD_OBJECTS:
+        # Tickets, tasks and message activities: ``contact_key`` → the contact's id.
+        if object in CHILD_OBJECTS:
             if not record.contact_key:
                 return _failure(record.key, "MISSING_CONTACT_KEY", f"{object} need a contact_key")
             contact_id = self._record_id(conn, "contacts", record.contact_key)
@@ -316,7 +317,7 @@ def _to_crm(mapping: Mapping | None, props: dict[str, Any]) -> tuple[dict[str, A
     """Standard names → CRM property names; returns (properties, ignored standard names)."""
     if mapping is None:
         return {name: _json_value(value) for name, value in props.items()}, []
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(mapping.constant_properties)
     ignored: list[str] = []
     for name, value in props.items():
         fm = mapping.by_field(name)
@@ -324,9 +325,13 @@ def _to_crm(mapping: Mapping | None, props: dict[str, Any]) -> tuple[dict[str, A
             ignored.append(name)
             continue
         try:
-            out[fm.crm_property] = _encode(fm.type, value)
+            encoded = _encode(fm.type, value)
         except (TypeError, ValueError) as exc:
             raise InvalidValue(f"{name}: {exc}") from None
+        # Too long for the property: cut with a marker rather than lose the record.
+        out[fm.crm_property] = (
+            fit_text(encoded, fm.max_length) if isinstance(encoded, str) else encoded
+        )
     return out, sorted(ignored)
 
 

@@ -9,6 +9,9 @@ File shape::
 
     crm: local
     object: contacts
+    crm_object: contacts        # optional: what the CRM calls the object (default: object)
+    constants:                  # optional: CRM property → fixed string, written on every record
+      source: WHATSAPP
     fields:
       - field: phone            # standard name (model.Contact)
         property: phone         # the CRM's property name
@@ -16,6 +19,7 @@ File shape::
                                 # | string_list
         direction: both         # whatsapp: we write it | crm: the CRM owns it | both
         conflict: newest        # optional, for direction both: newest | whatsapp | crm
+        max_length: 65536       # optional, strings only: longer values are cut with a marker
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # CRM property names differ per CRM (HubSpot snake_case, Salesforce Foo__c, Dynamics new_foo);
 # allow identifiers only, so a name can never smuggle syntax into a query or URL.
 _PROPERTY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,119}$")
-_FIELD_KEYS = frozenset({"field", "property", "type", "direction", "conflict"})
+_FIELD_KEYS = frozenset({"field", "property", "type", "direction", "conflict", "max_length"})
+_TOP_KEYS = frozenset({"crm", "object", "crm_object", "constants", "fields"})
 
 
 class MappingError(ValueError):
@@ -54,6 +59,7 @@ class FieldMapping:
     type: str
     direction: str
     conflict: str = "newest"
+    max_length: int | None = None  # strings: the CRM property's limit, in characters
 
     @property
     def writes_to_crm(self) -> bool:
@@ -70,6 +76,16 @@ class Mapping:
     object: str
     fields: tuple[FieldMapping, ...]
     source: str  # the file it came from, for error messages
+    crm_object: str = ""  # what the CRM calls the object; empty: the same as ``object``
+    constants: tuple[tuple[str, str], ...] = ()  # (CRM property, value) on every record
+
+    @property
+    def crm_name(self) -> str:
+        return self.crm_object or self.object
+
+    @property
+    def constant_properties(self) -> dict[str, str]:
+        return dict(self.constants)
 
     def by_field(self, name: str) -> FieldMapping | None:
         return next((f for f in self.fields if f.field == name), None)
@@ -112,20 +128,41 @@ def load_mapping_file(path: Path) -> Mapping:
 def _validate(doc: Any, source: str) -> Mapping:
     if not isinstance(doc, dict):
         raise MappingError(f"{source}: the top level must be a mapping")
-    unknown = set(doc) - {"crm", "object", "fields"}
+    unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise MappingError(f"{source}: unknown top-level keys {sorted(map(str, unknown))}")
     crm, obj, raw_fields = doc.get("crm"), doc.get("object"), doc.get("fields")
-    for what, value in (("crm", crm), ("object", obj)):
+    crm_object = doc.get("crm_object", obj)
+    for what, value in (("crm", crm), ("object", obj), ("crm_object", crm_object)):
         if not isinstance(value, str) or not _NAME.match(value):
             raise MappingError(f"{source}: '{what}' must be a lower-case name, got {value!r}")
     if not isinstance(raw_fields, list) or not raw_fields:
         raise MappingError(f"{source}: 'fields' must be a non-empty list")
     fields = tuple(_field(item, i, source) for i, item in enumerate(raw_fields, start=1))
     _no_duplicates(source, "field", (f.field for f in fields))
-    _no_duplicates(source, "property", (f.crm_property for f in fields))
-    assert isinstance(crm, str) and isinstance(obj, str)
-    return Mapping(crm=crm, object=obj, fields=fields, source=source)
+    constants = _constants(doc.get("constants", {}), source)
+    properties = [f.crm_property for f in fields] + [prop for prop, _value in constants]
+    _no_duplicates(source, "property", properties)
+    assert isinstance(crm, str) and isinstance(obj, str) and isinstance(crm_object, str)
+    return Mapping(
+        crm=crm,
+        object=obj,
+        fields=fields,
+        source=source,
+        crm_object=crm_object,
+        constants=constants,
+    )
+
+
+def _constants(raw: Any, source: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict):
+        raise MappingError(f"{source}: 'constants' must map CRM properties to strings")
+    for prop, value in raw.items():
+        if not isinstance(prop, str) or not _PROPERTY.match(prop):
+            raise MappingError(f"{source}: constant {prop!r} is not an identifier")
+        if not isinstance(value, str):
+            raise MappingError(f"{source}: constant {prop!r} must be a string, got {value!r}")
+    return tuple(sorted(raw.items()))
 
 
 def _field(item: Any, index: int, source: str) -> FieldMapping:
@@ -153,8 +190,24 @@ def _field(item: Any, index: int, source: str) -> FieldMapping:
         raise MappingError(
             f"{where}: 'conflict' must be one of {sorted(CONFLICT_POLICIES)}, got {conflict!r}"
         )
+    max_length = item.get("max_length")
+    if max_length is not None and (
+        ftype != "string"
+        or isinstance(max_length, bool)
+        or not isinstance(max_length, int)
+        or max_length < 1
+    ):
+        raise MappingError(
+            f"{where}: 'max_length' must be a positive integer on a string field, "
+            f"got {max_length!r}"
+        )
     return FieldMapping(
-        field=name, crm_property=prop, type=str(ftype), direction=str(direction), conflict=conflict
+        field=name,
+        crm_property=prop,
+        type=str(ftype),
+        direction=str(direction),
+        conflict=conflict,
+        max_length=max_length,
     )
 
 

@@ -41,6 +41,10 @@ SEARCH_CAP = 10_000
 FAULT_KINDS = ("429", "500", "503", "timeout", "reset")
 # Enumeration properties and their options: an unknown value is a per-record error (207).
 ENUMERATIONS = {"priority": frozenset({"", "high", "medium", "low"})}
+# A text property takes at most this many characters through the CRM
+# (knowledge.hubspot.com/contacts/property-field-types-in-hubspot); a longer value is a
+# per-record error here (HubSpot's exact error for it is unverified).
+MAX_TEXT = 65_536
 
 RATE_LIMIT_BODY = {
     "status": "error",
@@ -236,6 +240,10 @@ class CrmSimulator:
                     )
                 )
                 continue
+            long = _too_long(props)
+            if long is not None:
+                errors.append(_record_error(key, "VALUE_TOO_LONG", long))
+                continue
             bad = _invalid_property(props)
             if bad is not None:
                 errors.append(_record_error(key, "INVALID_OPTION", bad))
@@ -391,6 +399,13 @@ def _modified_bounds(groups: list[Any]) -> tuple[int, int]:
             elif op == "LT":
                 high = min(high, value - 1)
     return low, high
+
+
+def _too_long(props: dict[str, Any]) -> str | None:
+    for name, value in props.items():
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            return f"Property {name!r} is {len(value)} characters long; the limit is {MAX_TEXT}"
+    return None
 
 
 def _invalid_property(props: dict[str, Any]) -> str | None:

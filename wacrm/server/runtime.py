@@ -112,7 +112,7 @@ def build_workers(settings: Settings, engine: Engine) -> Sequence[Worker]:
     # REST hooks: rule events go out to subscribers. The processor wakes the worker after a
     # pass that ran rules (at most twice a second: each wake is a fan-out pass); it also
     # polls every 2 s, for the events the rule timer emits.
-    hooks = HookDeliveryWorker(engine)
+    hooks = HookDeliveryWorker.from_settings(engine, settings)
     hooks_feed = Downstream(hooks.wake, every=0.5)
     inbox = InboxProcessor(
         engine,

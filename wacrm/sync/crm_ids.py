@@ -4,6 +4,10 @@ Record keys are those of :mod:`wacrm.store.keys`: a contact is its E.164 phone, 
 ``user:<WhatsApp user id>``; a ticket is ``wa:<provider message id>``; a task is its
 idempotency key. Every lookup goes through a unique index, so a 100-record batch costs a few
 indexed statements.
+
+Message activities (``msg:<provider message id>``) are deliberately absent: ``messages`` has
+no ``crm_id`` column, and none is needed, as every write of an activity is an upsert by its
+record key. Their ids are skipped like any key this module does not know.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ It is shaped like a real connector (one class, limits as class attributes, one H
 point) so the sync engine is proven against HTTP, rate limits and faults before a real CRM's
 connector exists; a HubSpot connector differs mainly in its mapping and authentication.
 Writes are batch upserts keyed by the ``wacrm_key`` property (idempotent by construction).
+
+Contacts use the embedded CRM's mapping; message activities use HubSpot's
+(``mappings/hubspot_messages.yaml``): they go to ``/crm/v3/objects/communications`` with
+HubSpot's property names, so the simulator holds what HubSpot would.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from wacrm.connectors.base import (
     IncomingRecord,
     OutgoingRecord,
     RateLimit,
+    fit_text,
 )
 from wacrm.mappings import Mapping, load_mapping
 from wacrm.model import WriteResult
@@ -97,7 +102,9 @@ class SimulatorConnector:
             for r in records
         ]
         response = self.http.request(
-            "POST", f"/crm/v3/objects/{object}/batch/upsert", json={"inputs": inputs}
+            "POST",
+            f"/crm/v3/objects/{self._crm_object(object)}/batch/upsert",
+            json={"inputs": inputs},
         )
         body = _json(response)
         if response.status_code not in (200, 201, 207):
@@ -133,16 +140,25 @@ class SimulatorConnector:
             for r in records
         ]
 
+    def _crm_object(self, object: str) -> str:
+        """What the CRM calls ``object`` (``messages`` → ``communications``)."""
+        mapping = self._mappings.get(object)
+        return object if mapping is None else mapping.crm_name
+
     def _outgoing(self, object: str, record: OutgoingRecord) -> dict[str, Any]:
         mapping = self._mappings.get(object)
-        props: dict[str, Any] = {}
+        props: dict[str, Any] = {} if mapping is None else dict(mapping.constant_properties)
         for name, value in record.properties.items():
             if mapping is None:
                 props[name] = _crm_value(value)
                 continue
             field = mapping.by_field(name)
             if field is not None and field.writes_to_crm:
-                props[field.crm_property] = _crm_value(value)
+                value = _crm_value(value)
+                # Too long for the property: cut with a marker rather than have it refused.
+                props[field.crm_property] = (
+                    fit_text(value, field.max_length) if isinstance(value, str) else value
+                )
         if record.contact_key is not None:
             props[CONTACT_KEY_PROPERTY] = record.contact_key
         return props
@@ -170,7 +186,8 @@ class SimulatorConnector:
             "limit": limit,
             "after": str(after),
         }
-        response = self.http.request("POST", f"/crm/v3/objects/{object}/search", json=request)
+        path = f"/crm/v3/objects/{self._crm_object(object)}/search"
+        response = self.http.request("POST", path, json=request)
         body = _json(response)
         if response.status_code != 200:
             raise ConnectorError(
@@ -210,7 +227,10 @@ class SimulatorConnector:
 
 
 def _default_mappings() -> dict[str, Mapping]:
-    return {"contacts": load_mapping("local", "contacts")}
+    return {
+        "contacts": load_mapping("local", "contacts"),
+        "messages": load_mapping("hubspot", "messages"),
+    }
 
 
 def _crm_value(value: Any) -> Any:

@@ -1,10 +1,14 @@
 """The CRM outbox worker: pending changes → batched, confirmed CRM writes.
 
 Per (account, object) it sends batches of at most ``connector.max_batch`` records, contacts
-before the tickets and tasks that reference them. A row leaves the outbox only when the CRM
-confirmed *that record*: a batch with three failures retries those three (with backoff, via
-``next_attempt_at``), and a permanent failure becomes a dead-letter row (``state='dead'``)
-carrying the CRM's error code and message.
+before the tickets, tasks and message activities that reference them. Message activities are
+never urgent and go last; while they drain, a wake (an urgent change committed) ends the
+flush after the batch in flight, so the next flush takes the urgent change first.
+
+A row leaves the outbox only when the CRM confirmed *that record*: a batch with three
+failures retries those three (with backoff, via ``next_attempt_at``), and a permanent
+failure becomes a dead-letter row (``state='dead'``) carrying the CRM's error code and
+message.
 
 Crash safety: rows stay ``pending`` while a batch is in flight, so a crash re-sends them on
 restart; writes are idempotent upserts by ``record_key`` (invariant 4), so a re-send is
@@ -40,9 +44,12 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 AsyncSleep = Callable[[float], Awaitable[None]]
 
-# Contacts first: a ticket or task is associated with its contact by key.
-OBJECT_ORDER = ("contacts", "tickets", "tasks")
-DEPENDENT_OBJECTS = frozenset({"tickets", "tasks"})
+# Contacts first: a ticket, task or message activity is associated with its contact by key.
+# Activities last: they are the bulk (one per message) and nothing waits for them.
+OBJECT_ORDER = ("contacts", "tickets", "tasks", "messages")
+DEPENDENT_OBJECTS = frozenset({"tickets", "tasks", "messages"})
+# Never urgent: their drain gives way to a wake between batches.
+BACKGROUND_OBJECTS = frozenset({"messages"})
 # Rows read per query: a few batches at a time bounds memory on a 100k backlog.
 CHUNK_BATCHES = 10
 
@@ -117,6 +124,8 @@ class CrmOutboxWorker:
         Without ``force`` a queue is sent only when the trigger says so (urgent, changed share
         over the threshold, oldest change over the age limit, or a full batch).
         """
+        # A wake from here on means an urgent change this flush may not have seen.
+        self._woken.clear()
         now = self._clock()
         stats = FlushStats()
         for account_id, queues in self._due_queues(now).items():
@@ -168,6 +177,8 @@ class CrmOutboxWorker:
         result: dict[int, dict[str, QueueState]] = {}
         with self.engine.connect() as conn:
             for account_id, obj, count, oldest, urgent in conn.execute(query):
+                # The change-threshold share is of *contacts* (the mirrored records): other
+                # objects, message activities above all, never count towards it.
                 mirrored = _mirrored(conn, int(account_id)) if obj == "contacts" else None
                 result.setdefault(int(account_id), {})[str(obj)] = QueueState(
                     pending=int(count),
@@ -192,15 +203,20 @@ class CrmOutboxWorker:
         for obj, state in queues.items():
             sized = QueueState(state.pending, state.oldest, state.urgent, max_batch, state.mirrored)
             reasons[obj] = outbound_reason(self._trigger, sized, now, force=force)
-        # A ticket or task about to go takes every pending contact with it, so the record it
-        # references exists in the CRM first.
-        dependent = [reasons.get(o) for o in DEPENDENT_OBJECTS if reasons.get(o) is not None]
+        # A ticket, task or activity about to go takes every pending contact with it, so the
+        # record it references exists in the CRM first. The strongest reason wins: a full
+        # batch of activities must not hold an urgent ticket's contact to full batches.
+        dependent = [
+            r for o in OBJECT_ORDER if o in DEPENDENT_OBJECTS and (r := reasons.get(o)) is not None
+        ]
         if (
             dependent
             and "contacts" in queues
             and reasons.get("contacts") in (None, Reason.FULL_BATCH)
         ):
-            reasons["contacts"] = dependent[0]
+            reasons["contacts"] = next(
+                (r for r in dependent if r is not Reason.FULL_BATCH), dependent[0]
+            )
         ordered = [o for o in OBJECT_ORDER if o in queues] + sorted(set(queues) - set(OBJECT_ORDER))
         for obj in ordered:
             reason = reasons.get(obj)
@@ -208,7 +224,9 @@ class CrmOutboxWorker:
                 continue
             full_only = reason is Reason.FULL_BATCH
             if not self._send_queue(account_id, connector, obj, max_batch, full_only, now, stats):
-                return  # the account's CRM refused a whole call for good: try again later
+                # The account's CRM refused a whole call for good (try again later), or an
+                # activity drain gave way to urgent work (the next flush starts at once).
+                return
 
     def _send_queue(
         self,
@@ -220,6 +238,7 @@ class CrmOutboxWorker:
         now: datetime,
         stats: FlushStats,
     ) -> bool:
+        """Send ``obj``'s due rows in batches; ``False`` to stop the account's flush here."""
         after: tuple[datetime, int] | None = None
         chunk = max_batch * CHUNK_BATCHES
         while True:
@@ -236,6 +255,8 @@ class CrmOutboxWorker:
                         continue
                 if not self._send_batch(account_id, connector, obj, batch, stats):
                     return False
+                if obj in BACKGROUND_OBJECTS and self._woken.is_set():
+                    return False  # urgent work waits: the next flush starts at once
             if len(rows) < chunk:
                 return True
 

@@ -1,5 +1,6 @@
 """One inbound WhatsApp message into the store: contact mirror, message, ticket and the CRM
-changes they cause, all in the caller's transaction. What rules then do with the message
+changes they cause (the contact's fields, the ticket, the message's activity on the contact),
+all in the caller's transaction. What rules then do with the message
 (replies, tags, priority) is the rules runtime's part; the inbox processor calls it next, in
 the same transaction.
 
@@ -25,6 +26,7 @@ from wacrm.store.keys import contact_record_key, ticket_record_key
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, messages, tickets
 from wacrm.store.unique import insert_new
+from wacrm.workers.message_activity import enqueue_activity, inbound_activity
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,12 @@ def handle_message(
     message: InboundMessage,
     raw: dict[str, Any],
     now: datetime,
+    message_activity: bool = True,
 ) -> MessageOutcome:
-    """Store ``message`` (``raw`` is its ``messages[]`` element) and everything it causes."""
+    """Store ``message`` (``raw`` is its ``messages[]`` element) and everything it causes.
+
+    ``message_activity``: also queue the message's CRM activity (``WACRM_CRM_MESSAGE_ACTIVITY``).
+    """
     phone = sender_phone(message.from_wa_id)
     user_id = message.from_user_id
     if phone is None and not user_id:
@@ -123,6 +129,16 @@ def handle_message(
             },
             contact_key=contact_key,
             urgent=True,
+            now=now,
+        )
+    if message_activity:
+        # Not urgent: it waits for the baseline or a full batch, behind any ticket.
+        enqueue_activity(
+            conn,
+            account_id=account_id,
+            provider_message_id=message.provider_message_id,
+            contact_key=contact_key,
+            properties=inbound_activity(message),
             now=now,
         )
     return MessageOutcome(contact.id, message_id, ticket_id, contact)

@@ -41,6 +41,7 @@ from wacrm.store.schema import inbox, messages
 from wacrm.whatsapp.meta_webhook import parse_message, parse_status
 from wacrm.whatsapp.twilio_webhook import parse_twilio_message, parse_twilio_status
 from wacrm.workers.inbound import handle_message
+from wacrm.workers.message_activity import queue_outbound_activity
 from wacrm.workers.threaded import Downstream, Handover, WorkerThread
 
 logger = logging.getLogger(__name__)
@@ -360,7 +361,12 @@ class InboxProcessor:
     ) -> None:
         message = _parsers(row.provider)[0](payload)
         outcome = handle_message(
-            conn, account_id=row.account_id, message=message, raw=payload["message"], now=now
+            conn,
+            account_id=row.account_id,
+            message=message,
+            raw=payload["message"],
+            now=now,
+            message_activity=self._settings.crm_message_activity,
         )
         # A duplicate changed nothing, so there is nothing new for rules either; a number
         # change notice is WhatsApp speaking, not the customer.
@@ -446,6 +452,10 @@ class InboxProcessor:
             values["error_code"] = str(error.get("code"))[:32]
             values["error_title"] = error.get("title") or error.get("message")
         conn.execute(messages.update().where(messages.c.id == found.id).values(**values))
+        if self._settings.crm_message_activity:
+            # The first status creates the message's CRM activity, later ones update it; the
+            # outbox merges them (never urgent, so a receipt wakes nothing).
+            queue_outbound_activity(conn, account_id=row.account_id, message_id=found.id, now=now)
         if new is DeliveryStatus.FAILED:
             self._fed_downstream = self._queued = True
             self._run_rules(
