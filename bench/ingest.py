@@ -426,7 +426,10 @@ def report(
             "*With its workers*, the same process also runs the inbox processor (contact, "
             "ticket, rules, replies for every message) and the outboxes: its CPU per webhook "
             "includes that processing, which shares the GIL and SQLite's single write lock "
-            "with ingest."
+            "with ingest. The bench's messages are dated June 2025, outside the 24 h window, "
+            "so each price reply is refused locally (131047) and runs the rules' "
+            "message_failed path instead of a send: comparable work, and nothing leaves the "
+            "machine."
         )
     if pywa is not None:
         lines.append(describe("pywa 4.5.0 + FastAPI (stores nothing)", pywa["m"]))
