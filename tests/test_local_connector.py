@@ -342,3 +342,29 @@ def test_given_property_defined_twice_when_defined_then_second_time_is_a_no_op(
 def test_given_unknown_property_type_when_defined_then_refused(crm: LocalConnector) -> None:
     with pytest.raises(ConnectorError, match="unknown property type"):
         crm.define_property("contacts", "x", label="X", type="formula")
+
+
+def test_given_no_time_for_a_slice_when_a_batch_is_written_then_one_transaction_per_record(
+    engine: Engine, crm: LocalConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded CRM shares the store with the webhook inbox: a batch commits in slices,
+    so a webhook's commit never waits behind a whole batch."""
+    from sqlalchemy import event
+
+    from wacrm.connectors import local
+
+    monkeypatch.setattr(local, "_SLICE_SECONDS", 0.0)
+    commits = [0]
+
+    def on_commit(_conn: Any) -> None:
+        commits[0] += 1
+
+    event.listen(engine, "commit", on_commit)
+    phones = [f"+1631555{n:04d}" for n in range(5)]
+
+    results = crm.write_batch("contacts", [contact(p) for p in phones])
+
+    assert [r.ok for r in results] == [True] * 5
+    assert [r.key for r in results] == phones
+    assert commits[0] == 5
+    assert set(stored(engine)) == set(phones)

@@ -11,6 +11,7 @@ Standard field names are mapped to the CRM's property names through the mapping 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from wacrm.connectors.base import (
 from wacrm.mappings import TYPES, Mapping, load_mapping, mapping_path
 from wacrm.model import WriteResult
 from wacrm.store.schema import accounts, local_crm_properties, local_crm_records
+
+_SLICE_SECONDS = 0.01  # how long one write transaction of a batch may run (see write_batch)
 
 _CURSOR_SEP = "|"
 
@@ -94,8 +97,20 @@ class LocalConnector:
             return [_failure(r.key, "UNKNOWN_OBJECT", reason) for r in records]
         mapping = self._mapping(object)
         now = self._clock()
-        with self._engine.begin() as conn:
-            return [self._write_one(conn, object, mapping, r, now) for r in records]
+        results: list[WriteResult] = []
+        # The embedded CRM shares the store with the webhook inbox: on SQLite every
+        # transaction holds the one write lock, and a batch of 100 message activities in one
+        # transaction held it for ~60 ms, in front of each webhook's commit (the auto-reply
+        # p99 went from 28 to 84 ms). So the batch commits in slices of about 10 ms. Each
+        # write is an upsert by key: a crash between slices repeats nothing when retried.
+        while len(results) < len(records):
+            deadline = time.monotonic() + _SLICE_SECONDS
+            with self._engine.begin() as conn:
+                for record in records[len(results) :]:
+                    results.append(self._write_one(conn, object, mapping, record, now))
+                    if time.monotonic() >= deadline:
+                        break
+        return results
 
     def read_changes(
         self, object: str, cursor: str | None, signpost: datetime | None, limit: int
