@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.auto_reply_report import Run, notes, pct, section, write_section  # noqa: E402
+from bench.processes import free_port, stop, wait_ready  # noqa: E402
 from wacrm.model import MessageType  # noqa: E402
 from wacrm.rules.events import ContactView, MessageEvent  # noqa: E402
 from wacrm.rules.language import LanguageDetector  # noqa: E402
@@ -107,35 +106,6 @@ def webhook(pnid: str, display: str, wa_id: str, wamid: str, question: str) -> b
 
 
 # --- the three processes --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {proc.returncode} before it was ready")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url}: not ready after {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def sandbox_main(config_json: str) -> None:
