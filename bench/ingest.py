@@ -45,12 +45,14 @@ PATH = "/webhooks/whatsapp"
 SECRET = "bench-app-secret"  # a throwaway secret for a throwaway store
 VERIFY = "bench-verify-token"
 PNID = "106540352242922"
-BSUID = "US.13491208655302741918"
+CUSTOMERS = 10_000
 
 
 def body_for(run: str, i: int) -> bytes:
-    """One unique single-message webhook in Meta's shape (with ``user_id``, which pywa needs)."""
-    wa_id = f"1650555{i % 10000:04d}"
+    """One unique single-message webhook in Meta's shape (with ``user_id``, which pywa needs),
+    from one of 10,000 customers, each with their own number and business-scoped user id."""
+    customer = i % CUSTOMERS
+    wa_id = f"1650555{customer:04d}"
     doc = {
         "object": "whatsapp_business_account",
         "entry": [
@@ -69,7 +71,7 @@ def body_for(run: str, i: int) -> bytes:
                                 {
                                     "profile": {"name": "Kerry Fisher"},
                                     "wa_id": wa_id,
-                                    "user_id": BSUID,
+                                    "user_id": f"US.{13491208655302741918 + customer}",
                                 }
                             ],
                             "messages": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,16 @@ PG_URL = os.environ.get("WACRM_TEST_DATABASE_URL", "")
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 PHONE_NUMBER_ID = "106540352242922"
+
+
+@pytest.fixture(autouse=True)
+def _thawed_heap() -> Iterator[None]:
+    """A test that starts the server freezes the heap (wacrm.heap); thaw it after, so the
+    rest of the session's garbage is still collected."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def _pg_engine() -> Iterator[Engine]:

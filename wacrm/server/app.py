@@ -93,7 +93,7 @@ class WacrmApp:
 
 
 def _run_workers_lifespan(
-    writer: GroupCommitWriter, workers: Sequence[Worker]
+    writer: GroupCommitWriter, workers: Sequence[Worker], on_started: Callable[[], None] | None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -102,6 +102,8 @@ def _run_workers_lifespan(
         tasks = start_workers(workers, stop)
         for task in tasks:
             task.add_done_callback(lambda t: _report_exit(t, stop))
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:
@@ -156,8 +158,11 @@ def create_app(
     *,
     workers: Sequence[Worker] = (),
     directory: NumberDirectory | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> WacrmApp:
-    """Build the app; raises :class:`ConfigError` when the webhook secrets are missing."""
+    """Build the app; raises :class:`ConfigError` when the webhook secrets are missing.
+    ``on_started`` runs once the writer and workers have started (``serve`` settles the
+    heap there: see :mod:`wacrm.heap`)."""
     require_webhook_secrets(settings)
     writer = GroupCommitWriter(engine)
     webhook_directory = directory or NumberDirectory(engine)
@@ -185,6 +190,6 @@ def create_app(
     fallback = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
-        lifespan=_run_workers_lifespan(writer, workers),
+        lifespan=_run_workers_lifespan(writer, workers, on_started),
     )
     return WacrmApp(webhook, fallback, writer, workers, twilio)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from wacrm.config import ConfigError, Settings, load_settings
+from wacrm.heap import settle_heap
 from wacrm.hooks.worker import HookDeliveryWorker
 from wacrm.rules.language import LanguageDetector
 from wacrm.rules.loader import load_ruleset
@@ -166,7 +167,9 @@ def build_app(settings: Settings, make_workers: BuildWorkers = build_workers) ->
     require_webhook_secrets(settings)  # before touching the store: fail fast, create nothing
     engine = open_store(settings)
     ensure_default_account(engine, settings)
-    return create_app(settings, engine, workers=make_workers(settings, engine))
+    workers = make_workers(settings, engine)
+    # Start-up is over once the lifespan has run: keep its objects out of GC pauses.
+    return create_app(settings, engine, workers=workers, on_started=settle_heap)
 
 
 def wake_only(port: int) -> BuildWorkers:
@@ -196,6 +199,7 @@ def run_worker_process(settings: Settings, wake_fd: int | None) -> None:
     workers = build_workers(settings, engine)
     sock = socket.socket(fileno=wake_fd) if wake_fd is not None else None
     try:
+        settle_heap()  # built: keep start-up's objects out of GC pauses
         # Started by `wacrm serve` (it passes the wake socket): end with it.
         asyncio.run(run_workers(workers, sock, watch_parent=sock is not None))
     finally:
