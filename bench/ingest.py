@@ -415,7 +415,7 @@ def report(
             f"Processing (with workers): when wrk stopped, {proc['at_stop']:,} of the "
             f"{proc['stored']:,} stored messages had been processed (contact, ticket, rules, "
             f"reply queued); during the burst the processor gives way to ingest (it works at "
-            f"most 10 % of the time while webhooks arrive at ≥ 1,000/s). In the "
+            f"most 10 % of the time while webhooks arrive at 1,000/s, 1 % at 10,000/s). In the "
             f"{proc['drain']:g} s after, with ingest quiet, it processed {pace:,.0f} "
             f"messages/s; the backlog of {backlog:,} drains in about "
             f"{backlog / max(pace, 1e-9):,.0f} s, every message kept in the inbox meanwhile.",

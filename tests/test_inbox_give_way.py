@@ -118,3 +118,14 @@ def test_given_quiet_ingest_when_processing_then_processor_never_rests(
     processor = make_processor(engine, clock, burst_rate=1000.0, gauge=FixedGauge(999.0))
     assert processor.process_pending(kinds="messages") == 3
     assert processor.rested == 0.0
+
+
+def test_given_rates_when_pause_computed_then_share_shrinks_in_proportion_to_ingest() -> None:
+    from wacrm.workers.inbox import burst_pause
+
+    assert burst_pause(0.01, 999.0, 1000.0, 0.1) == 0.0  # not a burst: no rest
+    at_threshold = burst_pause(0.01, 1000.0, 1000.0, 0.1)
+    assert at_threshold == pytest.approx(0.09)  # 10 ms of work in 100 ms
+    ten_times = burst_pause(0.01, 10_000.0, 1000.0, 0.1)
+    assert ten_times == pytest.approx(0.99)  # 1 % at ten times the rate
+    assert burst_pause(0.05, 100_000.0, 1000.0, 0.1) == 1.0  # capped: progress continues

@@ -162,3 +162,29 @@ async def test_given_writer_connection_killed_when_next_groups_come_then_it_reco
     assert outcomes[-1] == "ok" and outcomes.count("failed") <= 1
     ids = {r.event_id for r in stored(engine)}
     assert {"wamid.before0", "wamid.after2.0"} <= ids
+
+
+async def test_given_on_commit_when_groups_committed_then_called_once_per_group_with_rows(
+    engine: Engine, account_id: int
+) -> None:
+    from wacrm.store.inbox import QuarantineRow
+
+    calls: list[int] = []
+    writer = GroupCommitWriter(engine, on_commit=lambda: calls.append(len(stored(engine))))
+    writer.start()
+    try:
+        await asyncio.gather(
+            *(
+                writer.submit_async(rows(account_id, 1, f"wamid.c{i}."), timeout=5)
+                for i in range(40)
+            )
+        )
+        groups = writer.commits
+        lone = QuarantineRow(account_id, "webhook:meta", "no id", "{}", NOW)
+        await writer.submit_async([], [lone], timeout=5)  # only quarantined: nobody to wake
+    finally:
+        writer.stop()
+
+    assert 1 <= len(calls) == groups < 40  # per group, not per webhook
+    assert calls[-1] == 40  # called after the rows were committed, never before
+    assert writer.commits == groups + 1

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from wacrm.config import ConfigError, Settings
 from wacrm.hooks.api import hook_routes
 from wacrm.server.crm_webhook import crm_webhook_routes
-from wacrm.server.ingest import describe_failure
+from wacrm.server.ingest import describe_failure, wake_workers
 from wacrm.server.responses import Receive, Scope, Send, send_error
 from wacrm.server.twilio_webhook import TWILIO_WEBHOOK_PATH, TwilioWebhook
 from wacrm.server.whatsapp_webhook import MetaWebhook
@@ -164,7 +164,9 @@ def create_app(
     ``on_started`` runs once the writer and workers have started (``serve`` settles the
     heap there: see :mod:`wacrm.heap`)."""
     require_webhook_secrets(settings)
-    writer = GroupCommitWriter(engine)
+    # The workers are woken once per committed group of webhooks, from the writer's thread
+    # (every worker's wake is thread-safe); a group with only quarantined events wakes none.
+    writer = GroupCommitWriter(engine, on_commit=lambda: wake_workers(workers))
     webhook_directory = directory or NumberDirectory(engine)
     webhook = MetaWebhook(
         app_secret=settings.whatsapp_app_secret,
@@ -172,7 +174,6 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         writer=writer,
         directory=webhook_directory,
-        workers=workers,
     )
     twilio = TwilioWebhook(
         auth_token=settings.twilio_auth_token,
@@ -180,7 +181,6 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         writer=writer,
         directory=webhook_directory,
-        workers=workers,
     )
     routes: list[BaseRoute] = [
         Route("/healthz", _healthz(engine), methods=["GET"]),

@@ -5,7 +5,8 @@ Every event becomes exactly one row: an inbox row when it has an id and a known 
 number, otherwise a quarantine row with its reason. Quarantined events are still stored and
 acknowledged, so nothing is lost and Meta does not retry something that can never succeed.
 
-Once the rows are committed the workers are woken (:func:`wake_workers`); a store that
+Once a group of rows is committed the writer wakes the workers (:func:`wake_workers`, once
+per group, not per webhook); a store that
 cannot take them is a 503 (:func:`answer_not_stored`), which the provider retries. The
 endpoints await the writer's future themselves: on the hot path a shared coroutine around
 it would cost a frame per webhook.

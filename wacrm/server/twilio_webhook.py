@@ -12,7 +12,6 @@ are used. Twilio expects TwiML or an empty 200: the answer is an empty ``<Respon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
@@ -21,13 +20,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wacrm.config import Secret
 from wacrm.server.body import BodyError, ClientDisconnected, header, read_body
-from wacrm.server.ingest import answer_not_stored, wake_workers
+from wacrm.server.ingest import answer_not_stored
 from wacrm.server.responses import Receive, Scope, Send, send_bytes, send_error
 from wacrm.store.accounts import NumberDirectory
 from wacrm.store.inbox import GroupCommitWriter, InboxRow, QuarantineRow
 from wacrm.store.schema import inbox
 from wacrm.whatsapp import twilio_webhook as twilio
-from wacrm.workers.base import Worker
 
 TWILIO_WEBHOOK_PATH = "/webhooks/twilio"
 QUARANTINE_SOURCE = "webhook:twilio"
@@ -65,7 +63,6 @@ class TwilioWebhook:
         max_body_bytes: int,
         writer: GroupCommitWriter,
         directory: NumberDirectory,
-        workers: Sequence[Worker] = (),
         commit_timeout: float = 10.0,
     ) -> None:
         self._auth_token = auth_token
@@ -73,7 +70,6 @@ class TwilioWebhook:
         self._limit = max_body_bytes
         self._writer = writer
         self._directory = directory
-        self._workers = tuple(workers)
         self._commit_timeout = commit_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,8 +120,6 @@ class TwilioWebhook:
         except Exception as exc:
             await answer_not_stored(send, "Twilio webhook not stored", exc)
             return
-        if rows:
-            wake_workers(self._workers)
         await send_bytes(send, 200, _EMPTY_TWIML, _XML_HEADERS)
 
     def _rows(

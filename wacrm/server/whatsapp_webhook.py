@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
@@ -18,12 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wacrm.config import Secret
 from wacrm.server.body import BodyError, ClientDisconnected, header, read_body
-from wacrm.server.ingest import answer_not_stored, rows_for_events, wake_workers
+from wacrm.server.ingest import answer_not_stored, rows_for_events
 from wacrm.server.responses import Receive, Scope, Send, send_error, send_ok, send_text
 from wacrm.store.accounts import NumberDirectory
 from wacrm.store.inbox import GroupCommitWriter
 from wacrm.whatsapp.meta_webhook import PayloadError, split_envelope, verify_signature
-from wacrm.workers.base import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,6 @@ class MetaWebhook:
         max_body_bytes: int,
         writer: GroupCommitWriter,
         directory: NumberDirectory,
-        workers: Sequence[Worker] = (),
         commit_timeout: float = 10.0,
     ) -> None:
         self._app_secret = app_secret
@@ -49,7 +46,6 @@ class MetaWebhook:
         self._limit = max_body_bytes
         self._writer = writer
         self._directory = directory
-        self._workers = tuple(workers)
         self._commit_timeout = commit_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,6 +127,4 @@ class MetaWebhook:
         except Exception as exc:
             await answer_not_stored(send, f"webhook with {len(events)} events not stored", exc)
             return
-        if rows:
-            wake_workers(self._workers)
         await send_ok(send)

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from wacrm.store.ingest_gauge import ingest_gauge
 from wacrm.store.schema import inbox, quarantine
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +208,22 @@ class GroupCommitWriter:
 
     If a group's commit fails, every future in it fails, so every waiting webhook is answered
     5xx and the provider retries; nothing is acknowledged that is not on disk.
+
+    ``on_commit`` runs on the writer's thread after each group that stored inbox rows, before
+    any of its waiters hear of it (so it must be thread-safe and quick): the server wakes the
+    workers there, once per group rather than once per webhook (measured: ~3 % of the event
+    loop's time at 10,000 webhooks/s went to waking the same idle-or-busy threads again).
     """
 
-    def __init__(self, engine: Engine, max_group: int = 2000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_group: int = 2000,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._max_group = max_group
+        self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._sides: dict[asyncio.AbstractEventLoop, _LoopSide] = {}
@@ -308,6 +322,11 @@ class GroupCommitWriter:
         else:
             self.commits += 1
             self._gauge.record(len(rows))
+            if rows and self._on_commit is not None:
+                try:
+                    self._on_commit()
+                except Exception:  # the rows are stored: a failed wake only delays them
+                    logger.exception("after-commit hook failed")
         for future in waiting:
             if error is None:
                 future.set_result(None)

@@ -76,11 +76,12 @@ _OTHERS_BATCH = 20  # receipts per transaction: short, so a message never waits 
 # the processing rate.
 _BATCH_SECONDS = 0.01
 # Ingest is "bursting" above this many stored webhooks a second: more than the processor
-# could handle (a few ms of CPU each). It then takes at most ``_BURST_SHARE`` of the time,
-# resting in between, so the CPU goes to answering webhooks; the backlog waits, durable.
+# could handle (a few ms of CPU each). It then takes at most ``_BURST_SHARE`` of the time at
+# that rate, and proportionally less as the rate grows (1 % at 10,000/s), resting in
+# between, so the CPU goes to answering webhooks; the backlog waits, durable.
 _BURST_RATE = 1000.0
 _BURST_SHARE = 0.1
-_MAX_REST = 0.25
+_MAX_REST = 1.0
 # Built once: it runs for every row (building and keying a statement costs more than it).
 _DONE = (
     inbox.update()
@@ -93,6 +94,18 @@ _Payload = dict[str, Any] | ValueError
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def burst_pause(spent: float, rate: float, burst_rate: float, share: float) -> float:
+    """Seconds to rest after ``spent`` seconds of work while webhooks are stored at ``rate``
+    a second: none below ``burst_rate``; at it, enough that the work is ``share`` of the
+    time; above it, a share shrinking in proportion to the rate, so the processor's CPU
+    stays about constant in webhooks however hard ingest is pressed (at most ``_MAX_REST``,
+    so a long burst still sees progress)."""
+    if rate < burst_rate:
+        return 0.0
+    allowed = share * burst_rate / rate
+    return min(spent * (1.0 - allowed) / allowed, _MAX_REST)
 
 
 class _Deferred(Exception):
@@ -150,7 +163,8 @@ class InboxProcessor:
         ``batch_seconds``: batches are sized to take about this long (one row at least).
         ``burst_rate``/``burst_share``/``gauge``: while the store's ``gauge`` (see
         :mod:`wacrm.store.ingest_gauge`) says webhooks are being stored at ``burst_rate``
-        or more per second, the processor works at most ``burst_share`` of the time."""
+        or more per second, the processor works at most ``burst_share`` of the time, less
+        as the rate grows (:func:`burst_pause`)."""
         self._engine = engine
         self._settings = settings
         self.rules = rules
@@ -220,13 +234,12 @@ class InboxProcessor:
         return 0.0 if finished >= _PASS_LIMIT else wait  # a full pass: more is waiting now
 
     def _give_way_to_ingest(self, spent: float) -> None:
-        """During an ingest burst, rest so that the batch that took ``spent`` seconds was
-        ``burst_share`` of the time."""
-        if self._gauge.rate() < self._burst_rate:
-            return
-        pause = min(spent * (1.0 - self._burst_share) / self._burst_share, _MAX_REST)
-        self.rested += pause
-        self._thread.rest(pause)
+        """During an ingest burst, rest after the batch that took ``spent`` seconds (see
+        :func:`burst_pause`)."""
+        pause = burst_pause(spent, self._gauge.rate(), self._burst_rate, self._burst_share)
+        if pause > 0.0:
+            self.rested += pause
+            self._thread.rest(pause)
 
     def _feed(self, fed: bool, now: float) -> float:
         """Wake the downstream workers owed a wake and allowed one now; the seconds until
