@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 
 from wacrm.sync.engine import INBOUND_OBJECTS, SyncEngine, all_accounts
 from wacrm.sync.trigger import TriggerPolicy, inbound_due
-from wacrm.workers.crm_outbox import AsyncSleep, Clock, first_of, utcnow
+from wacrm.workers.async_wake import AsyncSleep, WakeLoop
+from wacrm.workers.crm_outbox import Clock, utcnow
 
 logger = logging.getLogger(__name__)
 PULL_RETRY_SECONDS = 60.0
@@ -37,22 +38,16 @@ class SyncWorker:
         self.sync = sync
         self._accounts = accounts or (lambda: all_accounts(sync.outbox.engine))
         self._clock = clock
-        self._sleep = sleep
         self._trigger = trigger or TriggerPolicy()
         self._poll_interval = poll_interval
         self._lock = threading.Lock()
         self._announced: set[tuple[int, str]] = set()
         self._last_pull: dict[tuple[int, str], datetime] = {}
-        self._woken = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
+        self._wakes = WakeLoop(sleep)
 
     def wake(self) -> None:
         """New work is committed (or announced); safe from any thread."""
-        self._woken.set()
-        loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wakeup.set)
+        self._wakes.wake()
 
     def notify_crm_change(self, account_id: int, object: str = "contacts") -> None:
         """A CRM change webhook arrived for ``account_id``: read its changes now."""
@@ -61,18 +56,14 @@ class SyncWorker:
         self.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
-        while not stop.is_set():
-            self._woken.clear()
-            self._wakeup.clear()
-            try:
-                await asyncio.to_thread(self.tick)
-            except Exception:  # a bug or a store outage must not end the loop
-                logger.exception("sync tick failed; retrying after the poll interval")
-            if stop.is_set() or self._woken.is_set():
-                continue
-            await first_of(self._sleep(self._poll_interval), self._wakeup.wait(), stop.wait())
+        await self._wakes.run(stop, self._pass)
+
+    async def _pass(self) -> float:
+        try:
+            await asyncio.to_thread(self.tick)
+        except Exception:  # a bug or a store outage must not end the loop
+            logger.exception("sync tick failed; retrying after the poll interval")
+        return self._poll_interval
 
     def tick(self) -> None:
         with self._lock:

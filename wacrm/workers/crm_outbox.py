@@ -22,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, select, tuple_
@@ -38,11 +36,11 @@ from wacrm.sync.outcomes import FlushStats, OutboxRow, Outcomes, hold_rows, reco
 from wacrm.sync.retry import RECORD_POLICY, RetryPolicy
 from wacrm.sync.transactions import is_transient
 from wacrm.sync.trigger import QueueState, Reason, TriggerPolicy, outbound_reason
+from wacrm.workers.async_wake import AsyncSleep, WakeLoop
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-AsyncSleep = Callable[[float], Awaitable[None]]
 
 # Contacts first: a ticket, task or message activity is associated with its contact by key.
 # Activities last: they are the bulk (one per message) and nothing waits for them.
@@ -79,7 +77,6 @@ class CrmOutboxWorker:
         self.engine = engine
         self._connector_for = connector_for
         self._clock = clock
-        self._sleep = sleep
         self._trigger = trigger or TriggerPolicy()
         self._retry = retry
         self._rng = rng or random.Random()
@@ -87,34 +84,27 @@ class CrmOutboxWorker:
         self._progress = progress
         # An account whose CRM refused a whole call for good (auth, config) rests until then.
         self._paused_until: dict[int, datetime] = {}
-        self._woken = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
+        # Also read by flush(): it clears the wakes it is about to serve, and an activity
+        # drain gives way to a wake that came after that.
+        self._wakes = WakeLoop(sleep)
         self.last_stats = FlushStats()
 
     # -- Worker protocol ----------------------------------------------------------------------
 
     def wake(self) -> None:
         """Called after committing an urgent change; safe from any thread."""
-        self._woken.set()
-        loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wakeup.set)
+        self._wakes.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
-        while not stop.is_set():
-            self._woken.clear()
-            self._wakeup.clear()
-            try:
-                # The CRM calls block; keep them off the event loop that answers webhooks.
-                await asyncio.to_thread(self.flush)
-            except Exception:  # a bug or a store outage must not end the loop
-                logger.exception("crm outbox flush failed; retrying after the poll interval")
-            if stop.is_set() or self._woken.is_set():
-                continue
-            await first_of(self._sleep(self._poll_interval), self._wakeup.wait(), stop.wait())
+        await self._wakes.run(stop, self._pass)
+
+    async def _pass(self) -> float:
+        try:
+            # The CRM calls block; keep them off the event loop that answers webhooks.
+            await asyncio.to_thread(self.flush)
+        except Exception:  # a bug or a store outage must not end the loop
+            logger.exception("crm outbox flush failed; retrying after the poll interval")
+        return self._poll_interval
 
     # -- flushing -----------------------------------------------------------------------------
 
@@ -125,7 +115,7 @@ class CrmOutboxWorker:
         over the threshold, oldest change over the age limit, or a full batch).
         """
         # A wake from here on means an urgent change this flush may not have seen.
-        self._woken.clear()
+        self._wakes.clear()
         now = self._clock()
         stats = FlushStats()
         for account_id, queues in self._due_queues(now).items():
@@ -255,7 +245,7 @@ class CrmOutboxWorker:
                         continue
                 if not self._send_batch(account_id, connector, obj, batch, stats):
                     return False
-                if obj in BACKGROUND_OBJECTS and self._woken.is_set():
+                if obj in BACKGROUND_OBJECTS and self._wakes.woken():
                     return False  # urgent work waits: the next flush starts at once
             if len(rows) < chunk:
                 return True
@@ -426,14 +416,3 @@ def _aware(value: datetime | None) -> datetime:
 
 def _short(exc: BaseException) -> str:
     return str(exc)[:200] or type(exc).__name__
-
-
-async def first_of(*waits: Awaitable[Any]) -> None:
-    """Wait until any of ``waits`` finishes, then cancel the rest."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

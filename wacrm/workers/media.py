@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from wacrm.config import Secret, Settings
 from wacrm.model import MEDIA_TYPES
 from wacrm.store.schema import media, messages
+from wacrm.workers.async_wake import WakeLoop
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,7 @@ class MediaWorker:
         self._after_message_id = 0
         self._rescan_every = rescan_every
         self._last_full_scan: datetime | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakes = WakeLoop()
 
     @classmethod
     def from_settings(
@@ -164,31 +164,21 @@ class MediaWorker:
 
     def wake(self) -> None:
         """Safe from any thread."""
-        loop, event = self._loop, self._wakeup
-        if loop is not None and event is not None:
-            with contextlib.suppress(RuntimeError):  # loop closed: nothing to wake
-                loop.call_soon_threadsafe(event.set)
+        self._wakes.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            await self._loop_until(stop)
+            await self._wakes.run(stop, self._pass)
         finally:
             if self._given_client is None:
                 await self._client.aclose()
 
-    async def _loop_until(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = wakeup = asyncio.Event()
-        while not stop.is_set():
-            wakeup.clear()
-            try:
-                await self.run_once()
-            except Exception:  # the store is down, say: log, wait, go on
-                logger.exception("media pass failed; retrying")
-            waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waits, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
-            for task in waits:
-                task.cancel()
+    async def _pass(self) -> float:
+        try:
+            await self.run_once()
+        except Exception:  # the store is down, say: log, wait, go on
+            logger.exception("media pass failed; retrying")
+        return self._poll
 
     async def run_once(self) -> int:
         """Discover new media messages, then try every due row once; returns rows tried."""

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -22,11 +20,11 @@ from wacrm.rules.episodes import Episode, due_episodes
 from wacrm.rules.events import NoReplyEvent
 from wacrm.rules.runtime import RuleRuntime, read_contact
 from wacrm.rules.schema import NoReply, Rule
+from wacrm.workers.async_wake import AsyncSleep, WakeLoop
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-AsyncSleep = Callable[[float], Awaitable[None]]
 
 # A conversation unanswered for this long past its rule's delay is no longer reminded of;
 # it bounds each tick's scan. Downtime shorter than this loses no reminder.
@@ -56,36 +54,26 @@ class RuleTimer:
         self._engine = engine
         self._runtime = runtime
         self._clock = clock
-        self._sleep = sleep
         self._poll_interval = poll_interval
         self._page_size = page_size
         self._max_lateness = max_lateness
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._woken = threading.Event()
+        self._wakes = WakeLoop(sleep)
 
     # -- Worker protocol --------------------------------------------------------------
 
     def wake(self) -> None:
         """Rules or clocks changed: look now. Safe from any thread."""
-        self._woken.set()
-        loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wakeup.set)
+        self._wakes.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
-        while not stop.is_set():
-            self._woken.clear()
-            self._wakeup.clear()
-            try:
-                await asyncio.to_thread(self.tick, self._clock())
-            except Exception:  # a store outage must not end the loop; the next tick retries
-                logger.exception("rule timer tick failed; retrying after the poll interval")
-            if stop.is_set() or self._woken.is_set():
-                continue
-            await _first_of(self._sleep(self._poll_interval), self._wakeup.wait(), stop.wait())
+        await self._wakes.run(stop, self._pass)
+
+    async def _pass(self) -> float:
+        try:
+            await asyncio.to_thread(self.tick, self._clock())
+        except Exception:  # a store outage must not end the loop; the next tick retries
+            logger.exception("rule timer tick failed; retrying after the poll interval")
+        return self._poll_interval
 
     # -- ticking ----------------------------------------------------------------------
 
@@ -139,14 +127,3 @@ class RuleTimer:
                 conn, episode.account_id, episode.contact_id, planned, now, contact_row=row
             )
         return 1 if done else 0
-
-
-async def _first_of(*waits: Awaitable[Any]) -> None:
-    """Wait until any of ``waits`` finishes, then cancel the rest."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
