@@ -44,7 +44,9 @@ from wacrm.sandbox.crm import CrmSimulator, SimConfig, SimResponse
 from wacrm.sandbox.crm_transport import SimulatorTransport
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, crm_outbox, local_crm_records
+from wacrm.sync.engine import SyncEngine
 from wacrm.sync.sim_connector import SimulatorConnector
+from wacrm.sync.worker import SyncWorker
 from wacrm.workers.crm_outbox import CrmOutboxWorker
 from wacrm.workers.inbound import handle_message
 from wacrm.workers.inbox import InboxProcessor
@@ -460,9 +462,12 @@ def test_given_activities_for_half_the_contacts_when_flushed_then_threshold_not_
     assert pending(engine, "messages") == []
 
 
+@pytest.mark.parametrize("woken", ["outbox", "sync loop"])
 def test_given_activity_backlog_draining_when_urgent_ticket_queued_then_it_goes_next(
-    engine: Engine, account_id: int
+    engine: Engine, account_id: int, woken: str
 ) -> None:
+    """``wacrm serve`` runs the outbox inside the sync loop and wakes the loop: the drain
+    must give way to that wake as it does to the outbox's own."""
     clock = Clock()
     with engine.begin() as conn:
         for i in range(250):
@@ -476,6 +481,8 @@ def test_given_activity_backlog_draining_when_urgent_ticket_queued_then_it_goes_
     clock.now = NOW + timedelta(hours=1)  # the backlog is past the baseline: due
     crm = Recording(LocalConnector(engine, account_id))
     flusher = outbox_worker(engine, crm, clock)
+    loop = SyncWorker(SyncEngine(engine, lambda _a: crm, flusher, clock=clock))
+    wake = flusher.wake if woken == "outbox" else loop.wake
 
     def urgent_ticket_arrives(object: str, _records: Sequence[OutgoingRecord]) -> None:
         if object == "messages" and crm.objects_called().count("messages") == 1:
@@ -490,7 +497,7 @@ def test_given_activity_backlog_draining_when_urgent_ticket_queued_then_it_goes_
                     urgent=True,
                     now=clock.now,
                 )
-            flusher.wake()
+            wake()
 
     crm.during_call = urgent_ticket_arrives
     flusher.flush()

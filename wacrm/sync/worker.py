@@ -48,6 +48,9 @@ class SyncWorker:
     def wake(self) -> None:
         """New work is committed (or announced); safe from any thread."""
         self._wakes.wake()
+        # The outbox flushes inside this loop's ticks, never on a loop of its own, so its
+        # wake is only the flag its background drain (message activities) gives way to.
+        self.sync.outbox.wake()
 
     def notify_crm_change(self, account_id: int, object: str = "contacts") -> None:
         """A CRM change webhook arrived for ``account_id``: read its changes now."""
