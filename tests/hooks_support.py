@@ -1,9 +1,14 @@
 """What the REST-hook tests share: a settable clock, a loopback HTTP receiver started by the
-test (port 0, its own thread), rule events written the way the `emit` action writes them, and
-the secret key (``BOX``) subscription secrets are sealed with."""
+test (port 0, its own thread), rule events written the way the `emit` action writes them, the
+secret key (``BOX``) subscription secrets are sealed with, and a fake DNS (no test asks the
+network what a name resolves to).
+
+Targets on loopback are private: a test delivering to :class:`Receiver` turns on
+``allow_private`` (``WACRM_HOOKS_ALLOW_PRIVATE_TARGETS``) where it subscribes and delivers."""
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -14,8 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import Engine, select
 
+from wacrm.hooks import targets
+from wacrm.hooks.targets import IPAddress
 from wacrm.store.schema import contacts, hook_deliveries, hook_subscriptions, rule_events
 from wacrm.store.secrets import SecretBox, generate_key
 
@@ -23,6 +31,33 @@ NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 # The secret key the hook tests seal subscription secrets with: fresh each run, never stored.
 KEY = generate_key()
 BOX = SecretBox([KEY])
+
+
+# What the fake DNS answers for a name it has no answer for: a public address (nothing ever
+# connects to it: deliveries to it go through a mock transport).
+PUBLIC_IP = "93.184.216.34"
+
+
+class FakeDns:
+    """Replaces :func:`wacrm.hooks.targets.resolve_host`: a name in ``answers`` resolves to
+    those addresses (or raises, if its answer is an exception), any other to
+    :data:`PUBLIC_IP`. ``asked`` lists the names asked, in order. Change ``answers`` to
+    change what DNS says (rebinding)."""
+
+    def __init__(self, answers: dict[str, list[str] | OSError] | None = None) -> None:
+        self.answers: dict[str, list[str] | OSError] = dict(answers or {})
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[IPAddress]:
+        self.asked.append(host)
+        answer = self.answers.get(host, [PUBLIC_IP])
+        if isinstance(answer, OSError):
+            raise answer
+        return [ipaddress.ip_address(a) for a in answer]
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+        monkeypatch.setattr(targets, "resolve_host", self)
+        return self
 
 
 class Clock:

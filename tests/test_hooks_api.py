@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import APP_SECRET, VERIFY_TOKEN
-from hooks_support import KEY, NOW, emit
+from hooks_support import KEY, NOW, FakeDns, emit
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
@@ -22,6 +22,12 @@ from wacrm.store.schema import hook_deliveries
 TOKEN = "t0ken-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 URL = "https://hooks.zapier.example/hooks/standard/1/abc/"
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test here asks real DNS: every name resolves to a public address."""
+    return FakeDns().install(monkeypatch)
 
 
 def settings(token: str = TOKEN) -> Settings:

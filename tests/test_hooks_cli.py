@@ -8,11 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from hooks_support import NOW, deliveries, emit
+from hooks_support import NOW, FakeDns, deliveries, emit
 from sqlalchemy import Engine
 
 from wacrm.cli import cli
 from wacrm.hooks.fanout import fan_out
+from wacrm.hooks.targets import SETTING as ALLOW
 from wacrm.store import create_store_engine
 from wacrm.store.accounts import ensure_account
 from wacrm.store.schema import hook_deliveries
@@ -20,11 +21,23 @@ from wacrm.store.schema import hook_deliveries
 URL = "https://hooks.example/catch/1/"
 
 
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test here asks real DNS: every name resolves to a public address."""
+    return FakeDns().install(monkeypatch)
+
+
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     # No wacrm.toml or WACRM_* from the machine running the tests.
     monkeypatch.chdir(tmp_path)
-    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME", "WACRM_SECRET_KEY"):
+    for name in (
+        "WACRM_RULES_DIR",
+        "WACRM_CONFIG",
+        "WACRM_ACCOUNT_NAME",
+        "WACRM_SECRET_KEY",
+        ALLOW,
+    ):
         monkeypatch.delenv(name, raising=False)
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("WACRM_DATABASE_URL", url)

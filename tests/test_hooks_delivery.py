@@ -9,7 +9,15 @@ from datetime import timedelta
 import httpx
 import orjson
 import pytest
-from hooks_support import BOX, Clock, add_contact, deliveries, emit, subscription_row
+from hooks_support import (
+    BOX,
+    Clock,
+    FakeDns,
+    add_contact,
+    deliveries,
+    emit,
+    subscription_row,
+)
 from sqlalchemy import Engine
 
 from wacrm.hooks.delivery import claim, post, record
@@ -18,6 +26,12 @@ from wacrm.hooks.subscriptions import subscribe
 from wacrm.hooks.worker import HookDeliveryWorker
 
 Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test here asks real DNS: every name resolves to a public address."""
+    return FakeDns().install(monkeypatch)
 
 
 class Target:

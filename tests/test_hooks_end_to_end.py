@@ -1,5 +1,6 @@
 """A real rule run's event reaching a real HTTP receiver on loopback, signed as documented;
-the running worker woken by the processor; slow and silent targets."""
+the running worker woken by the processor; slow and silent targets. Loopback is private:
+every subscription and worker here allows private targets (WACRM_HOOKS_ALLOW_PRIVATE_TARGETS)."""
 
 from __future__ import annotations
 
@@ -81,10 +82,12 @@ def test_given_handover_rule_fired_when_worker_runs_then_receiver_gets_verifiabl
 ) -> None:
     clock = Clock()
     with Receiver().running() as receiver:
-        new = subscribe(engine, account_id, "handover", receiver.url("/zap/1"), NOW, box=BOX)
+        new = subscribe(
+            engine, account_id, "handover", receiver.url("/zap/1"), NOW, box=BOX, allow_private=True
+        )
         customer_writes(engine, account_id, "wamid.H1", "price? I want a human please")
         processor(engine, clock).process_pending()
-        worker = HookDeliveryWorker(engine, box=BOX, clock=clock)
+        worker = HookDeliveryWorker(engine, box=BOX, clock=clock, allow_private_targets=True)
         try:
             assert worker.run_once() == 1
         finally:
@@ -122,10 +125,12 @@ async def test_given_running_worker_when_processor_runs_rules_then_it_wakes_and_
 ) -> None:
     clock = Clock()
     # A poll far away: only the processor's wake can explain a prompt delivery.
-    worker = HookDeliveryWorker(engine, box=BOX, clock=clock, poll_seconds=600)
+    worker = HookDeliveryWorker(
+        engine, box=BOX, clock=clock, poll_seconds=600, allow_private_targets=True
+    )
     stop = asyncio.Event()
     with Receiver().running() as receiver:
-        subscribe(engine, account_id, "*", receiver.url(), NOW, box=BOX)
+        subscribe(engine, account_id, "*", receiver.url(), NOW, box=BOX, allow_private=True)
         inbox = processor(engine, clock, downstream=(worker.wake,))
         tasks = [asyncio.create_task(w.run(stop)) for w in (worker, inbox)]
         await asyncio.sleep(0.2)  # their first passes find nothing
@@ -147,14 +152,20 @@ async def test_given_one_slow_target_when_running_then_other_targets_delivered_m
 ) -> None:
     clock = Clock()
     worker = HookDeliveryWorker(
-        engine, box=BOX, clock=clock, poll_seconds=0.05, per_target=1, timeout=5
+        engine,
+        box=BOX,
+        clock=clock,
+        poll_seconds=0.05,
+        per_target=1,
+        timeout=5,
+        allow_private_targets=True,
     )
     release = threading.Event()
     stop = asyncio.Event()
     slow = Receiver(*[Answer(200, hold=release) for _ in range(3)])
     with slow.running(), Receiver().running() as fast:
-        subscribe(engine, account_id, "*", slow.url(), NOW, box=BOX)
-        subscribe(engine, account_id, "*", fast.url(), NOW, box=BOX)
+        subscribe(engine, account_id, "*", slow.url(), NOW, box=BOX, allow_private=True)
+        subscribe(engine, account_id, "*", fast.url(), NOW, box=BOX, allow_private=True)
         for _ in range(3):
             emit(engine, account_id)
         task = asyncio.create_task(worker.run(stop))
@@ -181,7 +192,7 @@ def test_given_target_that_never_answers_when_timeout_passes_then_retry_is_sched
     clock = Clock()
     release = threading.Event()
     with Receiver(Answer(200, hold=release)).running() as silent:
-        subscribe(engine, account_id, "*", silent.url(), NOW, box=BOX)
+        subscribe(engine, account_id, "*", silent.url(), NOW, box=BOX, allow_private=True)
         emit(engine, account_id)
         client = httpx.Client(timeout=0.3)
         worker = HookDeliveryWorker(engine, client, box=BOX, clock=clock)

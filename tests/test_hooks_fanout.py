@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hooks_support import BOX, NOW, deliveries, emit, subscription_row
+from hooks_support import BOX, NOW, FakeDns, deliveries, emit, subscription_row
 from sqlalchemy import Engine
 
 from wacrm.hooks import fanout
@@ -16,6 +16,12 @@ from wacrm.store.accounts import ensure_account
 from wacrm.store.schema import hook_deliveries, hook_subscriptions
 
 LATER = NOW + timedelta(minutes=5)  # every event of NOW has settled
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test here asks real DNS: every name resolves to a public address."""
+    return FakeDns().install(monkeypatch)
 
 
 def pairs(engine: Engine) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from hooks_support import BOX, NOW, Clock, deliveries, emit, subscription_row
+from hooks_support import BOX, NOW, Clock, FakeDns, deliveries, emit, subscription_row
 from sqlalchemy import Engine, select
 from starlette.applications import Starlette
 
@@ -20,6 +20,7 @@ from wacrm.hooks.api import HooksApi
 from wacrm.hooks.delivery import SECRET_UNOPENABLE, verify
 from wacrm.hooks.fanout import fan_out
 from wacrm.hooks.subscriptions import list_subscriptions, subscribe
+from wacrm.hooks.targets import SETTING as ALLOW
 from wacrm.hooks.worker import HookDeliveryWorker
 from wacrm.store import create_store_engine
 from wacrm.store.accounts import ensure_account
@@ -28,6 +29,12 @@ from wacrm.store.secrets import SecretBox, generate_key
 
 URL = "https://hooks.example/catch/1/"
 NO_KEY = Settings(database_url="postgresql://wacrm@db.example/wacrm")  # no key to be had
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test here asks real DNS: every name resolves to a public address."""
+    return FakeDns().install(monkeypatch)
 
 
 @pytest.fixture
@@ -205,7 +212,7 @@ def test_given_key_changed_when_hooks_listed_then_disabled_with_reason_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME"):
+    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME", ALLOW):
         monkeypatch.delenv(name, raising=False)
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("WACRM_DATABASE_URL", url)
@@ -237,7 +244,13 @@ def test_given_no_key_set_when_added_on_sqlite_then_key_file_made_beside_store_a
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME", "WACRM_SECRET_KEY"):
+    for name in (
+        "WACRM_RULES_DIR",
+        "WACRM_CONFIG",
+        "WACRM_ACCOUNT_NAME",
+        "WACRM_SECRET_KEY",
+        ALLOW,
+    ):
         monkeypatch.delenv(name, raising=False)
     store = tmp_path / "data" / "wacrm.db"
     store.parent.mkdir()
@@ -272,7 +285,13 @@ def test_given_unusable_key_when_added_then_one_line_error_exit_2_and_nothing_st
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("WACRM_RULES_DIR", "WACRM_CONFIG", "WACRM_ACCOUNT_NAME", "WACRM_SECRET_KEY"):
+    for name in (
+        "WACRM_RULES_DIR",
+        "WACRM_CONFIG",
+        "WACRM_ACCOUNT_NAME",
+        "WACRM_SECRET_KEY",
+        ALLOW,
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WACRM_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     for name, value in env.items():

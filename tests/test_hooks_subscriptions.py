@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hooks_support import BOX, NOW, deliveries, emit, subscription_row
+from hooks_support import BOX, NOW, FakeDns, deliveries, emit, subscription_row
 from sqlalchemy import Engine
 
 from wacrm.hooks.delivery import HOOK_POLICY
@@ -22,6 +22,12 @@ from wacrm.rules.loader import load_ruleset
 from wacrm.store.accounts import ensure_account
 
 KNOWN = frozenset({"handover", "order.status_changed"})
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test here asks real DNS: every name resolves to a public address."""
+    return FakeDns().install(monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -57,10 +63,14 @@ def test_given_credentials_in_url_when_checked_then_refused_without_echoing_them
 
 
 @pytest.mark.parametrize(
-    "url", ["https://hooks.zapier.com/hooks/standard/1/abc/", "http://127.0.0.1:8080/h?x=1"]
+    ("url", "allow_private"),
+    [
+        ("https://hooks.zapier.com/hooks/standard/1/abc/", False),
+        ("http://127.0.0.1:8080/h?x=1", True),  # WACRM_HOOKS_ALLOW_PRIVATE_TARGETS
+    ],
 )
-def test_given_good_url_when_checked_then_kept_as_given(url: str) -> None:
-    assert check_target_url(url) == url
+def test_given_good_url_when_checked_then_kept_as_given(url: str, allow_private: bool) -> None:
+    assert check_target_url(url, allow_private=allow_private) == url
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,13 @@ class Settings:
     # then run `wacrm secrets rotate`). Empty: a key file beside a SQLite store
     # (wacrm.db -> wacrm.key, made on first need, mode 0600); PostgreSQL needs this set.
     secret_key: Secret = field(default_factory=lambda: Secret(""))
+    # Whether REST-hook targets may be private: loopback, RFC 1918, link-local (cloud metadata
+    # at 169.254.169.254), fc00::/7… and plain http. Off (false), a target must be https and
+    # its host must be and resolve to public addresses only, checked when subscribing and
+    # again, pinned, at every delivery (wacrm/hooks/targets.py: no request forgery into the
+    # deployment's network). Turn on (true) for development, or for on-premise setups whose
+    # receivers live on the LAN.
+    hooks_allow_private_targets: bool = False
     # [crm-webhook settings]
     # CRM change webhooks (POST /webhooks/crm, HubSpot's shape, X-HubSpot-Signature-v3): the CRM
     # app's client secret (empty: the route answers 404, nothing unsigned is read), our app id

@@ -8,6 +8,8 @@ transaction; this room carries those rows to the URLs that subscribed to them:
 - :mod:`~wacrm.hooks.fanout`: one ``hook_deliveries`` row per (subscription, event), exactly once;
 - :mod:`~wacrm.hooks.delivery`: the signed POST, what each answer means, retries and dead
   letters (the signature scheme and the receiver's recipe are in its docstring);
+- :mod:`~wacrm.hooks.targets`: public addresses only (no request forgery into the network),
+  checked when subscribing and, pinned, at every delivery;
 - :mod:`~wacrm.hooks.worker`: :class:`HookDeliveryWorker`, the background worker;
 - :mod:`~wacrm.hooks.api`: ``/api/hooks`` (bearer token); :mod:`~wacrm.hooks.cli`: ``wacrm hooks``.
 

@@ -7,6 +7,10 @@
 - ``DELETE /api/hooks/{id}`` → 204, or 404.
 - ``GET /api/hooks/{id}/deliveries?state=dead&limit=50`` → ``{"deliveries": [...]}``.
 
+A target must be https and public (not, and not resolving to, a loopback, private,
+link-local… address) unless ``WACRM_HOOKS_ALLOW_PRIVATE_TARGETS`` is true; one that is not
+answers 422 with the host and why (:mod:`wacrm.hooks.targets`).
+
 Every route wants ``Authorization: Bearer <WACRM_API_TOKEN>`` (compared in constant time).
 Fail closed: with no token set, they all answer 503 and do nothing. Subscriptions belong to
 the account ``WACRM_ACCOUNT_NAME``. Secrets are stored sealed: with no usable secret key
@@ -133,6 +137,7 @@ class HooksApi:
                 datetime.now(UTC),
                 box=self._box,
                 known_events=known,
+                allow_private=self._settings.hooks_allow_private_targets,
             )
         except HookError as exc:
             return _error(422, str(exc))

@@ -57,7 +57,8 @@ def _json(value: Any) -> None:
 @user_errors
 def hooks_add(ctx: click.Context, event: str, url: str) -> None:
     """Send rule event EVENT (or '*' for all) to URL, signed with a new secret (stored
-    sealed with WACRM_SECRET_KEY, or the key file beside a SQLite store)."""
+    sealed with WACRM_SECRET_KEY, or the key file beside a SQLite store). URL must be https
+    on a public address, unless WACRM_HOOKS_ALLOW_PRIVATE_TARGETS is true."""
     from wacrm.hooks.subscriptions import HookError, emitted_events, subscribe
     from wacrm.rules.loader import load_ruleset
     from wacrm.rules.schema import RuleFileError
@@ -73,7 +74,14 @@ def hooks_add(ctx: click.Context, event: str, url: str) -> None:
     with _store(ctx) as (engine, account_id):
         try:
             new = subscribe(
-                engine, account_id, event, url, datetime.now(UTC), box=box, known_events=known
+                engine,
+                account_id,
+                event,
+                url,
+                datetime.now(UTC),
+                box=box,
+                known_events=known,
+                allow_private=settings.hooks_allow_private_targets,
             )
         except HookError as exc:
             raise UsageError(str(exc)) from None

@@ -44,6 +44,17 @@ What the answer means
   10 attempts within 24 hours, then dead with the last status and error.
 - Anything else (other 4xx, a 3xx: redirects are not followed): dead at once.
 
+Only public addresses are sent to (unless ``WACRM_HOOKS_ALLOW_PRIVATE_TARGETS`` is true): the
+worker's client resolves the host at every delivery, refuses if any address is not public,
+and connects to the address it checked (:mod:`wacrm.hooks.targets`). A refusal is recorded
+as the attempt's error (``refused: host '…' resolves to a private address; …``) and nothing
+is sent. A name is tried again like a connection error (DNS answers change, and the admin
+may turn the setting on for a receiver that moved onto the LAN); after the bounds it is dead
+and ``wacrm hooks retry`` can queue it again. A host that *is* such an address (or
+localhost; stored before the check existed) cannot change: dead at once. Either way the
+subscription stays active: refusing costs the target nothing, and disabling would make a
+legitimate subscriber whose DNS briefly misbehaved subscribe again.
+
 The secret is stored sealed and opened when its deliveries are leased. One that no configured
 key opens (``WACRM_SECRET_KEY`` changed without its old key) cannot sign: that delivery is dead
 and the subscription disabled, both with the reason :data:`SECRET_UNOPENABLE`; subscribe again.
@@ -70,6 +81,7 @@ from sqlalchemy import Connection, Engine, and_, func, select
 
 from wacrm.config import Secret
 from wacrm.hooks.subscriptions import disable_in
+from wacrm.hooks.targets import TargetRefused
 from wacrm.store.schema import accounts, contacts, hook_deliveries, hook_subscriptions, rule_events
 from wacrm.store.secrets import SecretBox, SecretError
 from wacrm.sync.retry import RetryPolicy, parse_retry_after
@@ -127,6 +139,7 @@ class Outcome:
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    refused: bool = False  # not sent: the target is not public (wacrm.hooks.targets)
 
 
 # -- claiming ------------------------------------------------------------------------------
@@ -316,12 +329,15 @@ def post(client: httpx.Client, job: Job, now: datetime) -> Outcome:
                     if len(snippet) >= _ERROR_SNIPPET:
                         break
             return classify(response.status_code, response.headers, snippet, now)
+    except TargetRefused as exc:  # nothing was sent (see the module docstring)
+        kind: Kind = "dead" if exc.permanent else "retry"
+        return Outcome(kind, error=f"refused: {exc}", refused=True)
     except httpx.TimeoutException as exc:
         # Names only the kind of failure: the URL (a capability, often) stays out of errors.
         return Outcome("retry", error=f"timed out ({type(exc).__name__})")
     except httpx.TransportError as exc:
         return Outcome("retry", error=f"connection failed ({type(exc).__name__})")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return Outcome("dead", error=f"request failed ({type(exc).__name__})")
 
 

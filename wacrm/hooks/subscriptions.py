@@ -6,6 +6,10 @@ whoever subscribed, and kept for signing, sealed (:class:`~wacrm.store.secrets.S
 the column holds a Fernet token, never the secret); listings never show it. A subscription
 is removed with its deliveries, or disabled with a reason (a target answering 410 Gone),
 which also ends the deliveries still pending for it.
+
+A target must be an ``https`` URL whose host is, and resolves to, public addresses only
+(:mod:`~wacrm.hooks.targets`); with ``allow_private`` (the setting
+``WACRM_HOOKS_ALLOW_PRIVATE_TARGETS``) any host will do, over ``http`` too.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import Connection, Engine, func, select
 
 from wacrm.config import Secret
+from wacrm.hooks.targets import SETTING, TargetRefused, check_target
 from wacrm.rules.schema import EmitEvent, HandOver, RuleSet
 from wacrm.store.schema import hook_deliveries, hook_subscriptions, rule_events
 from wacrm.store.secrets import SecretBox
@@ -94,8 +100,10 @@ def check_event(event: Any, known: Collection[str] | None = None) -> str:
     return event
 
 
-def check_target_url(url: Any) -> str:
-    """``url`` if it is an absolute http(s) URL without credentials in it."""
+def check_target_url(url: Any, *, allow_private: bool = False) -> str:
+    """``url`` if it is an absolute https URL without credentials in it, whose host is not,
+    and does not resolve to, anything but public addresses (DNS is asked: call it off the
+    event loop). With ``allow_private``, any host, and http too."""
     if not isinstance(url, str) or not url:
         raise HookError("target_url must be an absolute http or https URL")
     if len(url) > MAX_URL_LENGTH:
@@ -121,6 +129,20 @@ def check_target_url(url: Any) -> str:
         raise HookError(f"target_url {url[:200]!r} has an invalid port") from None
     if parts.fragment or url.endswith("#"):
         raise HookError("target_url must not have a #fragment (it is never sent)")
+    if allow_private:
+        return url
+    if scheme != "https":
+        # Events carry contact data (phone, name): not in clear text over the Internet.
+        raise HookError(
+            f"target_url must use https; plain http is only for receivers on your own "
+            f"network, with {SETTING} set to true"
+        )
+    try:
+        check_target(url)
+    except TargetRefused as exc:
+        raise HookError(f"target_url {exc}") from None
+    except httpx.InvalidURL as exc:
+        raise HookError(f"target_url {url[:200]!r} is not a valid URL ({exc})") from None
     return url
 
 
@@ -133,12 +155,14 @@ def subscribe(
     *,
     box: SecretBox,
     known_events: Collection[str] | None = None,
+    allow_private: bool = False,
 ) -> NewSubscription:
     """Validate and store a subscription starting at the account's newest rule event, its
     secret sealed by ``box``; raises :class:`HookError` with the reason for bad input (and
-    :class:`~wacrm.config.ConfigError` when ``box`` has no key)."""
+    :class:`~wacrm.config.ConfigError` when ``box`` has no key). ``allow_private``: see
+    :func:`check_target_url`."""
     event = check_event(event, known_events)
-    target_url = check_target_url(target_url)
+    target_url = check_target_url(target_url, allow_private=allow_private)
     secret = secrets.token_hex(32)
     sealed = box.seal(secret)  # before the transaction: it may read or create the key file
     with engine.begin() as conn:

@@ -32,6 +32,7 @@ from wacrm import __version__
 from wacrm.config import ConfigError, Settings
 from wacrm.hooks.delivery import HOOK_POLICY, Job, claim, due_subscriptions, post, record
 from wacrm.hooks.fanout import SETTLE, fan_out
+from wacrm.hooks.targets import PublicOnlyTransport
 from wacrm.store.secrets import SecretBox
 from wacrm.sync.retry import RetryPolicy
 from wacrm.workers.threaded import WorkerThread
@@ -63,17 +64,24 @@ class HookDeliveryWorker:
         timeout: float = 10.0,
         lease: timedelta = timedelta(minutes=5),
         settle: timedelta = SETTLE,
+        allow_private_targets: bool = False,
     ) -> None:
         """``clock`` and ``rng`` (the backoff's jitter) are injectable so tests need neither
         a real clock nor sleeps; ``client`` too (default: one of our own, ``timeout``
-        seconds per connect/read/write, redirects not followed). ``lease`` must outlast a
-        POST (``timeout``): a delivery leased longer than that is taken as lost in a crash.
-        ``box`` opens the subscriptions' secrets."""
+        seconds per connect/read/write, redirects not followed, sending only to public
+        addresses, pinned, unless ``allow_private_targets``: see
+        :class:`~wacrm.hooks.targets.PublicOnlyTransport`; an injected client brings its own
+        transport, and so its own guard). ``lease`` must outlast a POST (``timeout``): a
+        delivery leased longer than that is taken as lost in a crash. ``box`` opens the
+        subscriptions' secrets."""
         self._engine = engine
         self._box = box
         self._no_key_logged = False
         self._own_client = client is None
         self._client = client or httpx.Client(
+            # An explicit transport also means HTTP(S)_PROXY is not used: a proxy would
+            # resolve the name itself, out of the guard's sight.
+            transport=None if allow_private_targets else PublicOnlyTransport(),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
             headers={"User-Agent": f"wacrm/{__version__} (REST hooks)"},
@@ -97,7 +105,9 @@ class HookDeliveryWorker:
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: Settings, **kwargs: Any) -> HookDeliveryWorker:
-        """The worker with the secret key of ``settings`` (read when first needed)."""
+        """The worker with the secret key of ``settings`` (read when first needed) and its
+        ``hooks_allow_private_targets``."""
+        kwargs.setdefault("allow_private_targets", settings.hooks_allow_private_targets)
         return cls(engine, box=SecretBox.from_settings(settings), **kwargs)
 
     # -- Worker protocol ---------------------------------------------------------------
@@ -186,7 +196,15 @@ class HookDeliveryWorker:
             state = record(
                 self._engine, job, outcome, self._clock(), policy=self._policy, rng=self._rng
             )
-            if state == "dead":
+            if state == "pending" and outcome.refused:
+                # Host and class of address only, never the URL nor the address.
+                logger.warning(
+                    "hook delivery %s (subscription %s) not sent, tried again later: %s",
+                    job.delivery_id,
+                    job.subscription_id,
+                    outcome.error,
+                )
+            elif state == "dead":
                 # Ids only: target URLs are often capabilities, and never logged.
                 logger.warning(
                     "hook delivery %s (subscription %s, event %s) is dead: %s",
