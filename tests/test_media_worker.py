@@ -355,6 +355,7 @@ async def test_given_failed_attachment_when_wacrm_media_retry_then_fetched_again
 
     before = CliRunner(env=env).invoke(cli, ["media", "status"])
     retried = CliRunner(env=env).invoke(cli, ["media", "retry"])
+    clock.now = datetime.now(UTC)  # the command queues it for the wall clock's now
     await make_worker(sqlite_engine, http, tmp_path, clock).run_once()
     after = CliRunner(env=env).invoke(cli, ["media", "status"])
 
