@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from wacrm.connectors.base import (
@@ -36,6 +35,7 @@ from wacrm.connectors.base import (
 from wacrm.mappings import TYPES, Mapping, load_mapping, mapping_path
 from wacrm.model import WriteResult
 from wacrm.store.schema import accounts, local_crm_properties, local_crm_records
+from wacrm.store.unique import insert_new
 
 _SLICE_SECONDS = 0.01  # how long one write transaction of a batch may run (see write_batch)
 
@@ -242,12 +242,8 @@ class LocalConnector:
         return WriteResult(record.key, True, crm_id=str(record_id), extra=extra)
 
     def _record_id(self, conn: Connection, object: str, key: str) -> int | None:
-        t = local_crm_records
-        found = conn.execute(
-            select(t.c.id).where(
-                t.c.account_id == self._account_id, t.c.object == object, t.c.external_id == key
-            )
-        ).scalar()
+        params = {"account": self._account_id, "object_name": object, "key": key}
+        found = conn.execute(_RECORD_ID, params).scalar()
         return None if found is None else int(found)
 
     def _upsert(
@@ -265,43 +261,52 @@ class LocalConnector:
         Without ``touch``, an unchanged record keeps its modified time, so writing back what
         was just read does not show up as a new change and start a sync echo.
         """
-        t = local_crm_records
-        where = and_(
-            t.c.account_id == self._account_id, t.c.object == object, t.c.external_id == key
-        )
+        params = {"account": self._account_id, "object_name": object, "key": key}
         for _ in range(2):
-            row = conn.execute(
-                select(t.c.id, t.c.properties).where(where).with_for_update()
-            ).first()
+            row = conn.execute(_RECORD_LOCKED, params).first()
             if row is not None:
                 current = orjson.loads(row.properties)
                 merged = {**current, **props}
                 changed = merged != current
                 if changed or touch:
                     conn.execute(
-                        t.update()
-                        .where(t.c.id == row.id)
-                        .values(properties=orjson.dumps(merged).decode(), updated_at=now)
+                        _RECORD_UPDATE,
+                        {"record": row.id, "merged": orjson.dumps(merged).decode(), "at": now},
                     )
                 return int(row.id), False, changed
-            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            new_id = conn.execute(
-                insert(t)
-                .values(
-                    account_id=self._account_id,
-                    object=object,
-                    external_id=key,
-                    properties=orjson.dumps(props).decode(),
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
-                .returning(t.c.id)
-            ).scalar()
+            new_id = insert_new(
+                conn,
+                local_crm_records,
+                {
+                    "account_id": self._account_id,
+                    "object": object,
+                    "external_id": key,
+                    "properties": orjson.dumps(props).decode(),
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
             if new_id is not None:
-                return int(new_id), True, True
+                return new_id, True, True
             # Created concurrently by another writer: merge into theirs.
         raise ConnectorError(f"could not upsert {object} {key!r}", code="CONFLICT", retryable=True)
+
+
+# Built once, values as parameters: they run for every record of every batch.
+_BY_KEY = and_(
+    local_crm_records.c.account_id == bindparam("account"),
+    local_crm_records.c.object == bindparam("object_name"),
+    local_crm_records.c.external_id == bindparam("key"),
+)
+_RECORD_ID = select(local_crm_records.c.id).where(_BY_KEY)
+_RECORD_LOCKED = (
+    select(local_crm_records.c.id, local_crm_records.c.properties).where(_BY_KEY).with_for_update()
+)
+_RECORD_UPDATE = (
+    local_crm_records.update()
+    .where(local_crm_records.c.id == bindparam("record"))
+    .values(properties=bindparam("merged"), updated_at=bindparam("at"))
+)
 
 
 def _failure(key: str, code: str, message: str, *, retryable: bool = False) -> WriteResult:

@@ -18,7 +18,7 @@ from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, bindparam, select
 
 from wacrm.rules.firings import claim_firing
 from wacrm.rules.plans import (
@@ -122,6 +122,15 @@ def apply_actions(
     return done
 
 
+_SET_TAGS_PRIORITY = (
+    contacts.update()
+    .where(contacts.c.id == bindparam("contact"))
+    .values(
+        tags=bindparam("new_tags"), priority=bindparam("new_priority"), updated_at=bindparam("at")
+    )
+)
+
+
 class _ContactState:
     """Tags and priority as actions change them; written once at the end."""
 
@@ -140,10 +149,16 @@ class _ContactState:
             changed["priority"] = self.priority
         if not changed:
             return
-        stored = {**changed, "updated_at": now}
-        if "tags" in stored:
-            stored["tags"] = orjson.dumps(stored["tags"]).decode()
-        conn.execute(contacts.update().where(contacts.c.id == self.row.id).values(**stored))
+        # Both columns, changed or not (the row is locked): one statement, built once.
+        conn.execute(
+            _SET_TAGS_PRIORITY,
+            {
+                "contact": self.row.id,
+                "new_tags": orjson.dumps(sorted(self.tags)).decode(),
+                "new_priority": self.priority,
+                "at": now,
+            },
+        )
         if self.key is not None:
             enqueue_crm_change(
                 conn,

@@ -16,7 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.sql.selectable import NamedFromClause
 
 from wacrm.store.schema import messages, rule_firings
@@ -71,36 +82,42 @@ def _first(msg: NamedFromClause) -> ColumnElement[bool]:
     )
 
 
-# Built once (these run on every inbound message): the contact's last answer, then the first
-# inbound message after it; two index lookups on ix_messages_contact.
-_LAST_ANSWER = select(func.max(messages.c.created_at)).where(
-    messages.c.contact_id == bindparam("contact_id"),
-    messages.c.direction == "out",
-    messages.c.rule.is_(None),
-    messages.c.status != "failed",
-)
-_FIRST_INBOUND = (
-    select(messages.c.id, messages.c.created_at)
-    .where(
-        messages.c.contact_id == bindparam("contact_id"),
-        messages.c.account_id == bindparam("account_id"),
-        messages.c.direction == "in",
-        messages.c.type.not_in(NOT_AWAITING),
+def _current_episode_query() -> Select[tuple[int, datetime]]:
+    """The first inbound message after the contact's last answer, in one statement (it runs
+    on every inbound message that may fire an unread rule): the last answer is a scalar
+    subquery, and both are index lookups on ix_messages_contact."""
+    answer = messages.alias("answer")
+    last_answer = (
+        select(func.max(answer.c.created_at))
+        .where(
+            answer.c.contact_id == bindparam("contact_id"),
+            answer.c.direction == "out",
+            answer.c.rule.is_(None),
+            answer.c.status != "failed",
+        )
+        .scalar_subquery()
     )
-    .order_by(messages.c.created_at, messages.c.id)
-    .limit(1)
-)
-_FIRST_INBOUND_AFTER = _FIRST_INBOUND.where(
-    messages.c.created_at > bindparam("after", type_=messages.c.created_at.type)
-)
+    return (
+        select(messages.c.id, messages.c.created_at)
+        .where(
+            messages.c.contact_id == bindparam("contact_id"),
+            messages.c.account_id == bindparam("account_id"),
+            messages.c.direction == "in",
+            messages.c.type.not_in(NOT_AWAITING),
+            or_(last_answer.is_(None), messages.c.created_at > last_answer),
+        )
+        .order_by(messages.c.created_at, messages.c.id)
+        .limit(1)
+    )
+
+
+_CURRENT_EPISODE = _current_episode_query()
 
 
 def current_episode(conn: Connection, account_id: int, contact_id: int) -> Episode | None:
     """The contact's open episode, if the customer is waiting for an answer."""
-    after = conn.execute(_LAST_ANSWER, {"contact_id": contact_id}).scalar()
-    params = {"contact_id": contact_id, "account_id": account_id, "after": after}
-    query = _FIRST_INBOUND if after is None else _FIRST_INBOUND_AFTER
-    row = conn.execute(query, params).first()
+    params = {"contact_id": contact_id, "account_id": account_id}
+    row = conn.execute(_CURRENT_EPISODE, params).first()
     return None if row is None else Episode(account_id, contact_id, int(row.id), row.created_at)
 
 
@@ -155,15 +172,18 @@ def due_episodes(
 
 def recent_inbound_texts(conn: Connection, contact_id: int, limit: int = 5) -> list[str]:
     """The contact's latest inbound texts, oldest first (for language detection)."""
-    rows = conn.execute(
-        select(messages.c.text)
-        .where(
-            messages.c.contact_id == contact_id,
-            messages.c.direction == "in",
-            messages.c.text.is_not(None),
-            func.length(messages.c.text) > 0,
-        )
-        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-        .limit(limit)
-    ).all()
+    rows = conn.execute(_RECENT_TEXTS, {"contact_id": contact_id, "limit": limit}).all()
     return [str(r.text) for r in reversed(rows)]
+
+
+_RECENT_TEXTS = (
+    select(messages.c.text)
+    .where(
+        messages.c.contact_id == bindparam("contact_id"),
+        messages.c.direction == "in",
+        messages.c.text.is_not(None),
+        func.length(messages.c.text) > 0,
+    )
+    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    .limit(bindparam("limit", type_=Integer()))
+)

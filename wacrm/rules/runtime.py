@@ -36,6 +36,11 @@ _CONTACT = select(contacts).where(
     contacts.c.id == bindparam("contact"), contacts.c.account_id == bindparam("account")
 )
 _CONTACT_LOCKED = _CONTACT.with_for_update()
+_SET_LANGUAGE = (
+    contacts.update()
+    .where(contacts.c.id == bindparam("contact"), contacts.c.language.is_(None))
+    .values(language=bindparam("found"), updated_at=bindparam("at"))
+)
 
 
 def load_contact_view(
@@ -125,11 +130,14 @@ class RuleRuntime:
         now: datetime,
         opened_ticket_id: int | None = None,
         contact_row: Row[Any] | None = None,
+        new_contact: bool = False,
     ) -> list[PlannedAction]:
         """Rules for an inbound message already stored (``message_row_id``) on the contact;
         ``opened_ticket_id``: the ticket the message opened (``MessageOutcome.ticket_id``);
         ``contact_row``: the contact as the caller just wrote it in this transaction
-        (``MessageOutcome.contact``), which saves reading it again."""
+        (``MessageOutcome.contact``), which saves reading it again; ``new_contact``: the
+        message created the contact (``MessageOutcome.new_contact``), so it is the contact's
+        only message and its language is told from this text alone, without a query."""
         found = read_contact(
             conn,
             account_id,
@@ -140,7 +148,7 @@ class RuleRuntime:
         if found is None:
             return []
         row, view = found
-        view = self._fill_language(conn, account_id, view, message.text, now)
+        view = self._fill_language(conn, account_id, view, message.text, now, new_contact)
         event = MessageEvent(
             message_id=message.provider_message_id,
             type=message.type,
@@ -259,19 +267,18 @@ class RuleRuntime:
         view: ContactView,
         text: str | None,
         now: datetime,
+        only_message: bool = False,
     ) -> ContactView:
         """Detect and store the language of a contact who has none; tell the CRM, whose
-        field is empty too (the mirror would hold its value otherwise)."""
+        field is empty too (the mirror would hold its value otherwise). ``only_message``:
+        ``text`` is the contact's only message, so its recent texts need no query."""
         if self.detector is None or view.language or view.id is None or not text:
             return view
-        found = self.detector.detect(recent_inbound_texts(conn, view.id) or [text], view.phone)
+        texts = [text] if only_message else recent_inbound_texts(conn, view.id) or [text]
+        found = self.detector.detect(texts, view.phone)
         if found is None or not found.sure:
             return view  # the next messages add text to decide on
-        conn.execute(
-            contacts.update()
-            .where(contacts.c.id == view.id, contacts.c.language.is_(None))
-            .values(language=found.language, updated_at=now)
-        )
+        conn.execute(_SET_LANGUAGE, {"contact": view.id, "found": found.language, "at": now})
         key = contact_record_key(view.phone, view.user_id)
         if key is not None:
             enqueue_crm_change(

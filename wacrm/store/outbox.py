@@ -14,6 +14,7 @@ import orjson
 from sqlalchemy import Connection, bindparam, select
 
 from wacrm.store.schema import crm_outbox
+from wacrm.store.unique import insert_new
 
 # Built once, values as parameters: this runs several times for every inbound message, and
 # building and keying a statement per call cost more than running it.
@@ -50,13 +51,34 @@ def enqueue_crm_change(
     contact_key: str | None = None,
     urgent: bool = False,
     now: datetime | None = None,
+    new_record: bool = False,
 ) -> int:
     """Add (or merge into) the pending outbox row for one CRM record; returns its id.
 
     Runs inside the caller's transaction, so the change is durable exactly when the event
-    that caused it is.
+    that caused it is. ``new_record``: the record is new (a ticket or message activity this
+    event creates), so no pending row is expected: the insert goes first and the lookup is
+    made only if ``uq_crm_outbox_pending`` says there is one after all (one statement
+    instead of two, on every inbound message).
     """
     now = now or datetime.now(UTC)
+    values = {
+        "account_id": account_id,
+        "object": object,
+        "record_key": record_key,
+        "operation": operation,
+        "payload": orjson.dumps({"properties": properties, "contact_key": contact_key}).decode(),
+        "state": "pending",
+        "urgent": int(urgent),
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if new_record:
+        new_id = insert_new(conn, crm_outbox, values)
+        if new_id is not None:
+            return new_id
     existing = conn.execute(
         _PENDING, {"account": account_id, "object": object, "key": record_key}
     ).first()
@@ -75,23 +97,6 @@ def enqueue_crm_change(
             },
         )
         return int(existing.id)
-    result = conn.execute(
-        _INSERT,
-        {
-            "account_id": account_id,
-            "object": object,
-            "record_key": record_key,
-            "operation": operation,
-            "payload": orjson.dumps(
-                {"properties": properties, "contact_key": contact_key}
-            ).decode(),
-            "state": "pending",
-            "urgent": int(urgent),
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    result = conn.execute(_INSERT, values)
     assert result.inserted_primary_key is not None
     return int(result.inserted_primary_key[0])

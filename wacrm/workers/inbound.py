@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, Select, bindparam, select
+from sqlalchemy import Connection, Integer, Row, Select, bindparam, select
 
 from wacrm.model import InboundMessage, MessageType
 from wacrm.phone import PhoneError, normalize_wa_id
@@ -48,6 +48,8 @@ class MessageOutcome:
     ticket_id: int | None = None  # set when this message opened a ticket
     # The contact's row as this transaction left it (locked), for the rules that run next.
     contact: Row[Any] | None = None
+    # The contact was created by this message (so it is the only one it has sent).
+    new_contact: bool = False
 
 
 def sender_phone(wa_id: str | None) -> str | None:
@@ -130,6 +132,7 @@ def handle_message(
             contact_key=contact_key,
             urgent=True,
             now=now,
+            new_record=True,  # this message opened it
         )
     if message_activity:
         # Not urgent: it waits for the baseline or a full batch, behind any ticket.
@@ -140,8 +143,9 @@ def handle_message(
             contact_key=contact_key,
             properties=inbound_activity(message),
             now=now,
+            new_record=True,  # the message row was new, so is its activity
         )
-    return MessageOutcome(contact.id, message_id, ticket_id, contact)
+    return MessageOutcome(contact.id, message_id, ticket_id, contact, new_contact=created)
 
 
 def _find_contact(
@@ -246,18 +250,21 @@ def _update_contact(
     needs_agent: bool,
 ) -> Row[Any]:
     ts = message.timestamp
+    # Every column is set (unchanged ones to the locked row's value): one statement, built
+    # once, whatever changed.
     values: dict[str, Any] = {
-        "last_interaction_at": max(filter(None, (contact.last_interaction_at, ts))),
-        "updated_at": now,
+        "contact": contact.id,
+        "interaction": max(filter(None, (contact.last_interaction_at, ts))),
+        "at": now,
+        "new_wa_id": message.from_wa_id or contact.wa_id,
+        "new_name": message.profile_name or contact.name,
+        "inbound": contact.last_inbound_at,
+        "unread": 1 if needs_agent else 0,
+        "new_phone": contact.phone,
+        "new_user_id": contact.user_id,
     }
-    if message.from_wa_id:
-        values["wa_id"] = message.from_wa_id
-    if message.profile_name:
-        values["name"] = message.profile_name
     if message.type is not MessageType.SYSTEM:  # a number change is not the user writing
-        values["last_inbound_at"] = max(filter(None, (contact.last_inbound_at, ts)))
-    if needs_agent:
-        values["unread_count"] = contacts.c.unread_count + 1
+        values["inbound"] = max(filter(None, (contact.last_inbound_at, ts)))
     # Fill in an identity the contact did not have yet (a username user revealing a phone,
     # a pre-BSUID contact getting its user id), never taking one another contact holds.
     if (
@@ -265,17 +272,31 @@ def _update_contact(
         and contact.phone is None
         and _find_contact(conn, contact.account_id, phone, None) is None
     ):
-        values["phone"] = phone
+        values["new_phone"] = phone
     if (
         user_id
         and contact.user_id is None
         and _find_contact(conn, contact.account_id, None, user_id) is None
     ):
-        values["user_id"] = user_id
-    updated = conn.execute(
-        contacts.update().where(contacts.c.id == contact.id).values(**values).returning(contacts)
-    ).one()
-    return updated
+        values["new_user_id"] = user_id
+    return conn.execute(_UPDATE_CONTACT, values).one()
+
+
+_UPDATE_CONTACT = (
+    contacts.update()
+    .where(contacts.c.id == bindparam("contact"))
+    .values(
+        last_interaction_at=bindparam("interaction"),
+        updated_at=bindparam("at"),
+        wa_id=bindparam("new_wa_id"),
+        name=bindparam("new_name"),
+        last_inbound_at=bindparam("inbound"),
+        unread_count=contacts.c.unread_count + bindparam("unread", type_=Integer()),
+        phone=bindparam("new_phone"),
+        user_id=bindparam("new_user_id"),
+    )
+    .returning(contacts)
+)
 
 
 def _open_ticket(

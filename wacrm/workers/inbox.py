@@ -405,6 +405,7 @@ class InboxProcessor:
                 now=now,
                 opened_ticket_id=outcome.ticket_id,
                 contact_row=outcome.contact,
+                new_contact=outcome.new_contact,
             ),
         )
 

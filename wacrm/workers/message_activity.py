@@ -105,8 +105,10 @@ def enqueue_activity(
     contact_key: str,
     properties: dict[str, Any],
     now: datetime,
+    new_record: bool = False,
 ) -> int:
-    """Queue (or merge into the pending change of) one message's activity; not urgent."""
+    """Queue (or merge into the pending change of) one message's activity; not urgent.
+    ``new_record``: the message is new (see :func:`enqueue_crm_change`)."""
     return enqueue_crm_change(
         conn,
         account_id=account_id,
@@ -116,6 +118,7 @@ def enqueue_activity(
         contact_key=contact_key,
         urgent=False,
         now=now,
+        new_record=new_record,
     )
 
 
