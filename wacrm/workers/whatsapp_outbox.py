@@ -124,6 +124,8 @@ class WhatsAppOutboxWorker:
         self._thread = WorkerThread("whatsapp-outbox", self._step)
         # Jobs the inbox processor claimed in its own transaction and handed over.
         self._handed: collections.deque[Job] = collections.deque()
+        # What each row came to, committed a few rows at a time (see queue.Outcomes).
+        self._outcomes = queue.Outcomes(engine)
         self._owned_http: httpx.Client | None = None
 
     @classmethod
@@ -228,12 +230,16 @@ class WhatsAppOutboxWorker:
         if not jobs:
             jobs = self._claim(now)
         held: dict[tuple[str, str], datetime] = {}  # recipients held back in this pass
-        for job in jobs:
-            try:
-                self._handle(job, held)
-            except Exception as exc:  # one bad row must not stop the others
-                log.exception("whatsapp outbox row %s could not be handled", job.id)
-                self._retry(job, f"internal error: {type(exc).__name__}", held)
+        try:
+            for job in jobs:
+                self._outcomes.flush_due()
+                try:
+                    self._handle(job, held)
+                except Exception as exc:  # one bad row must not stop the others
+                    log.exception("whatsapp outbox row %s could not be handled", job.id)
+                    self._retry(job, f"internal error: {type(exc).__name__}", held)
+        finally:
+            self._outcomes.flush()  # a pass ends with its outcomes committed
         return len(jobs)
 
     def _blocked_numbers(self, now: datetime) -> list[str]:
@@ -312,7 +318,10 @@ class WhatsAppOutboxWorker:
             self._on_error(job, body, exc, held)
             return
         self._pair_hits.pop(job.pair, None)
-        queue.mark_sent(self._engine, job, provider_message_id, self._clock())
+        at = self._clock()
+        self._outcomes.add(
+            job.id, lambda conn: queue.mark_sent_in(conn, job, provider_message_id, at)
+        )
 
     def _prepare(self, job: Job, body: dict[str, Any]) -> SendCall | None:
         """The provider's call for ``body``; ``None`` when the row was failed or halted."""
@@ -391,7 +400,7 @@ class WhatsAppOutboxWorker:
     def _switch_to_template(self, job: Job, held: dict[tuple[str, str], datetime]) -> None:
         assert job.fallback is not None
         template = orjson.loads(job.fallback)
-        queue.use_fallback(self._engine, job)
+        self._outcomes.add(job.id, lambda conn: queue.use_fallback_in(conn, job))
         log.info("outbox %s: 24 h window closed, sending the template fallback", job.id)
         self._attempt(replace(job, request=job.fallback, fallback=None), template, held)
 
@@ -467,7 +476,7 @@ class WhatsAppOutboxWorker:
         self._release(job, self._clock())
 
     def _release(self, job: Job, at: datetime) -> None:
-        queue.release(self._engine, job, at)
+        self._outcomes.add(job.id, lambda conn: queue.release_in(conn, job, at))
 
     def _retry(
         self,
@@ -493,20 +502,21 @@ class WhatsAppOutboxWorker:
             return
         until = now + timedelta(seconds=delay)
         held[job.pair] = until
-        queue.reschedule(self._engine, job, attempts=attempts, at=until, error=error)
+        self._outcomes.add(
+            job.id,
+            lambda conn: queue.reschedule_in(conn, job, attempts=attempts, at=until, error=error),
+        )
 
     def _fail(
         self, job: Job, code: int | str | None, error: str, title: str, *, flag: bool = False
     ) -> None:
-        queue.mark_failed(
-            self._engine,
-            job,
-            code=code,
-            error=error,
-            title=title,
-            now=self._clock(),
-            flag=flag,
-            on_failed=self._tell_rules if self.rules is not None else None,
+        now = self._clock()
+        hook = self._tell_rules if self.rules is not None else None
+        self._outcomes.add(
+            job.id,
+            lambda conn: queue.mark_failed_in(
+                conn, job, code=code, error=error, title=title, now=now, flag=flag, on_failed=hook
+            ),
         )
         log.warning("outbox %s failed for good: %s", job.id, error)
 

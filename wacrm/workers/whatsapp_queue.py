@@ -1,11 +1,15 @@
 """The ``wa_outbox`` table's operations: claim with a lease, and the writes that record each
-outcome. Every function is one short transaction; the decisions about *which* outcome belong
-to :mod:`wacrm.workers.whatsapp_outbox`. Rows are queued by
+outcome. Each write comes in two forms: ``x_in(conn, ...)`` in the caller's transaction, and
+``x(engine, ...)`` in a short one of its own; :class:`Outcomes` commits a pass's writes
+together. The decisions about *which* outcome belong to
+:mod:`wacrm.workers.whatsapp_outbox`. Rows are queued by
 :func:`wacrm.store.whatsapp_outbox.enqueue_send`."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +31,8 @@ from sqlalchemy import (
 from wacrm.model import DeliveryStatus, advance_status
 from wacrm.store.schema import contacts, messages, wa_outbox, whatsapp_numbers
 from wacrm.workers.whatsapp_policy import flag_contact
+
+log = logging.getLogger(__name__)
 
 _CLAIM_LOCK_KEY = 0x7761_6F75  # "waou": serialises claims across PostgreSQL workers
 
@@ -191,45 +197,100 @@ def claim_in(
     ]
 
 
+# Built once, values as parameters: they run for every send.
+_RELEASE = (
+    wa_outbox.update()
+    .where(wa_outbox.c.id == bindparam("job_id"), wa_outbox.c.state == "sending")
+    .values(state="pending", next_attempt_at=bindparam("at"))
+)
+_RESCHEDULE = (
+    wa_outbox.update()
+    .where(wa_outbox.c.id == bindparam("job_id"))
+    .values(
+        state="pending",
+        attempts=bindparam("tries"),
+        next_attempt_at=bindparam("at"),
+        last_error=bindparam("error"),
+    )
+)
+_SENT_MESSAGE = (
+    messages.update()
+    .where(messages.c.id == bindparam("message_row"))
+    .values(
+        provider_message_id=bindparam("provider_id"),
+        provider=bindparam("sender"),
+        sent_at=bindparam("at"),
+    )
+)
+_SENT_OUTBOX = (
+    wa_outbox.update()
+    .where(wa_outbox.c.id == bindparam("job_id"))
+    .values(state="sent", attempts=bindparam("tries"), last_error=None)
+)
+_SENT_CONTACT = (
+    contacts.update()
+    .where(contacts.c.id == bindparam("contact"))
+    .values(last_outbound_at=bindparam("at"))
+)
+_STATUS = select(messages.c.status).where(messages.c.id == bindparam("message_row"))
+_FAILED_MESSAGE = (
+    messages.update()
+    .where(messages.c.id == bindparam("message_row"))
+    .values(
+        provider=bindparam("sender"),
+        status=bindparam("new_status"),
+        status_at=bindparam("at"),
+        error_code=bindparam("code"),
+        error_title=bindparam("title"),
+    )
+)
+_FAILED_OUTBOX = (
+    wa_outbox.update()
+    .where(wa_outbox.c.id == bindparam("job_id"))
+    .values(state="failed", attempts=bindparam("tries"), last_error=bindparam("error"))
+)
+
+
 def release(engine: Engine, job: Job, at: datetime) -> None:
     """Give the row back unattempted (pacing, halts, order)."""
     with engine.begin() as conn:
-        conn.execute(
-            wa_outbox.update()
-            .where(wa_outbox.c.id == job.id, wa_outbox.c.state == "sending")
-            .values(state="pending", next_attempt_at=at)
-        )
+        release_in(conn, job, at)
+
+
+def release_in(conn: Connection, job: Job, at: datetime) -> None:
+    conn.execute(_RELEASE, {"job_id": job.id, "at": at})
 
 
 def reschedule(engine: Engine, job: Job, *, attempts: int, at: datetime, error: str) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            wa_outbox.update()
-            .where(wa_outbox.c.id == job.id)
-            .values(state="pending", attempts=attempts, next_attempt_at=at, last_error=error)
-        )
+        reschedule_in(conn, job, attempts=attempts, at=at, error=error)
+
+
+def reschedule_in(conn: Connection, job: Job, *, attempts: int, at: datetime, error: str) -> None:
+    conn.execute(_RESCHEDULE, {"job_id": job.id, "tries": attempts, "at": at, "error": error})
 
 
 def mark_sent(engine: Engine, job: Job, provider_message_id: str, now: datetime) -> None:
     """The provider accepted it: record its id (Meta's wamid, Twilio's SM… sid) and who sent
     it; the status stays ``queued`` for the status webhooks, which find it by that id."""
     with engine.begin() as conn:
-        conn.execute(
-            messages.update()
-            .where(messages.c.id == job.message_id)
-            .values(provider_message_id=provider_message_id, provider=job.provider, sent_at=now)
-        )
-        conn.execute(
-            wa_outbox.update()
-            .where(wa_outbox.c.id == job.id)
-            .values(state="sent", attempts=job.attempts + 1, last_error=None)
-        )
-        if job.contact_id is not None:
-            conn.execute(
-                contacts.update()
-                .where(contacts.c.id == job.contact_id)
-                .values(last_outbound_at=now)
-            )
+        mark_sent_in(conn, job, provider_message_id, now)
+
+
+def mark_sent_in(conn: Connection, job: Job, provider_message_id: str, now: datetime) -> None:
+    """:func:`mark_sent` in the caller's transaction."""
+    conn.execute(
+        _SENT_MESSAGE,
+        {
+            "message_row": job.message_id,
+            "provider_id": provider_message_id,
+            "sender": job.provider,
+            "at": now,
+        },
+    )
+    conn.execute(_SENT_OUTBOX, {"job_id": job.id, "tries": job.attempts + 1})
+    if job.contact_id is not None:
+        conn.execute(_SENT_CONTACT, {"contact": job.contact_id, "at": now})
 
 
 def mark_failed(
@@ -247,50 +308,150 @@ def mark_failed(
     ``on_failed`` runs in the same transaction, so what it writes is there exactly when
     the failure is."""
     with engine.begin() as conn:
-        current = conn.execute(
-            select(messages.c.status).where(messages.c.id == job.message_id)
-        ).scalar()
-        status = advance_status(
-            DeliveryStatus.parse(current) if current else None, DeliveryStatus.FAILED
+        mark_failed_in(
+            conn, job, code=code, error=error, title=title, now=now, flag=flag, on_failed=on_failed
         )
-        conn.execute(
-            messages.update()
-            .where(messages.c.id == job.message_id)
-            .values(
-                provider=job.provider,
-                status=status.value,
-                status_at=now,
-                error_code=str(code) if code is not None else "local",
-                error_title=title,
-            )
-        )
-        conn.execute(
-            wa_outbox.update()
-            .where(wa_outbox.c.id == job.id)
-            .values(state="failed", attempts=job.attempts + 1, last_error=error)
-        )
-        if flag and job.contact_id is not None and isinstance(code, int):
-            flag_contact(conn, job.contact_id, code, now)
-        if on_failed is not None:
-            on_failed(conn, job, str(code) if code is not None else None, title, now)
+
+
+def mark_failed_in(
+    conn: Connection,
+    job: Job,
+    *,
+    code: int | str | None,
+    error: str,
+    title: str,
+    now: datetime,
+    flag: bool = False,
+    on_failed: FailureHook | None = None,
+) -> None:
+    """:func:`mark_failed` in the caller's transaction."""
+    current = conn.execute(_STATUS, {"message_row": job.message_id}).scalar()
+    status = advance_status(
+        DeliveryStatus.parse(current) if current else None, DeliveryStatus.FAILED
+    )
+    conn.execute(
+        _FAILED_MESSAGE,
+        {
+            "message_row": job.message_id,
+            "sender": job.provider,
+            "new_status": status.value,
+            "at": now,
+            "code": str(code) if code is not None else "local",
+            "title": title,
+        },
+    )
+    conn.execute(_FAILED_OUTBOX, {"job_id": job.id, "tries": job.attempts + 1, "error": error})
+    if flag and job.contact_id is not None and isinstance(code, int):
+        flag_contact(conn, job.contact_id, code, now)
+    if on_failed is not None:
+        on_failed(conn, job, str(code) if code is not None else None, title, now)
 
 
 def use_fallback(engine: Engine, job: Job) -> None:
     """Replace the free-form request by its template fallback, on the message too."""
+    with engine.begin() as conn:
+        use_fallback_in(conn, job)
+
+
+def use_fallback_in(conn: Connection, job: Job) -> None:
+    """:func:`use_fallback` in the caller's transaction."""
     assert job.fallback is not None
     template = orjson.loads(job.fallback).get("template") or {}
     label = f"[template {template.get('name')}/{(template.get('language') or {}).get('code')}]"
-    with engine.begin() as conn:
-        conn.execute(
-            wa_outbox.update()
-            .where(wa_outbox.c.id == job.id)
-            .values(request=job.fallback, fallback_request=None)
-        )
-        conn.execute(
-            messages.update()
-            .where(messages.c.id == job.message_id)
-            .values(type="template", text=label, payload=job.fallback)
-        )
+    conn.execute(
+        wa_outbox.update()
+        .where(wa_outbox.c.id == job.id)
+        .values(request=job.fallback, fallback_request=None)
+    )
+    conn.execute(
+        messages.update()
+        .where(messages.c.id == job.message_id)
+        .values(type="template", text=label, payload=job.fallback)
+    )
+
+
+Write = Callable[[Connection], None]
+
+
+class Outcomes:
+    """The outcome writes of a sender's pass (sent, failed, released, rescheduled), committed
+    together: one transaction for a few sends instead of one each.
+
+    On SQLite every transaction waits its turn for the one write lock and ends with an fsync;
+    a transaction per reply (or per locally refused send) was most of the sender's store
+    time and stood in front of the inbox writer and the processor. Writes are committed when
+    the oldest has waited ``max_seconds``, when ``max_count`` are waiting, and at the end of
+    every pass (:meth:`flush`), so they are at most that late.
+
+    A crash before the commit loses only the record: the rows are still ``sending`` and are
+    claimed again when their lease runs out (a send accepted then may go twice, as a crash
+    between the send and its record always could). If the shared transaction fails, each
+    write is retried in a transaction of its own, so one bad write cannot lose the others.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_seconds: float = 0.02,
+        max_count: int = 50,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._max_seconds = max_seconds
+        self._max_count = max_count
+        self._monotonic = monotonic
+        self._writes: list[tuple[int, Write]] = []  # (outbox id, write), in order
+        self._since = 0.0  # monotonic time of the oldest waiting write
+
+    def __len__(self) -> int:
+        return len(self._writes)
+
+    def add(self, job_id: int, write: Write) -> None:
+        """Queue one row's write; commits the waiting ones if they are due."""
+        if not self._writes:
+            self._since = self._monotonic()
+        self._writes.append((job_id, write))
+        self.flush_due()
+
+    def flush_due(self) -> None:
+        """Commit the waiting writes if the oldest is ``max_seconds`` old or there are
+        ``max_count`` of them."""
+        if self._writes and (
+            len(self._writes) >= self._max_count
+            or self._monotonic() - self._since >= self._max_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every waiting write (one transaction; one each if that fails)."""
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        try:
+            with self._engine.begin() as conn:
+                for _job_id, write in writes:
+                    write(conn)
+            return
+        except Exception:
+            if len(writes) == 1:
+                log.exception(
+                    "outbox %s: outcome not recorded; retried when its lease ends", writes[0][0]
+                )
+                return
+            log.warning(
+                "outcomes of %d outbox rows failed together; recording them one by one",
+                len(writes),
+                exc_info=True,
+            )
+        for job_id, write in writes:
+            try:
+                with self._engine.begin() as conn:
+                    write(conn)
+            except Exception:
+                log.exception(
+                    "outbox %s: outcome not recorded; retried when its lease ends", job_id
+                )
 
 
 def last_inbound_at(engine: Engine, job: Job) -> datetime | None:
