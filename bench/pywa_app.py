@@ -11,7 +11,8 @@ import os
 import threading
 
 from fastapi import FastAPI
-from pywa import WhatsApp, types
+from pywa.client import WhatsApp
+from pywa.types.message import Message
 
 app = FastAPI()
 _handled = {"messages": 0}
@@ -28,8 +29,9 @@ wa = WhatsApp(
 )
 
 
-@wa.on_message()
-def count(_client: WhatsApp, _msg: types.Message) -> None:
+# pywa 4.5's on_message overloads include `self: None`, which mypy rejects on a bound call.
+@wa.on_message()  # type: ignore[misc]
+def count(_client: WhatsApp, _msg: Message) -> None:
     with _lock:
         _handled["messages"] += 1
 

@@ -289,7 +289,8 @@ def test_given_empty_store_when_exported_then_no_rows(engine: Engine) -> None:
 
 def test_given_rows_when_written_as_jsonl_then_one_utf8_object_per_line() -> None:
     out = io.BytesIO()
-    count = write_jsonl(iter([{"id": 1, "text": "مرحبا"}, {"id": 2, "text": None}]), out)
+    rows: list[dict[str, Any]] = [{"id": 1, "text": "مرحبا"}, {"id": 2, "text": None}]
+    count = write_jsonl(iter(rows), out)
     assert count == 2
     lines = out.getvalue().split(b"\n")
     assert lines[-1] == b""  # every line, the last too, ends with a newline

@@ -35,6 +35,7 @@ from wacrm.store.schema import (
 from wacrm.whatsapp.meta_webhook import split_envelope
 from wacrm.workers import inbox as inbox_module
 from wacrm.workers import whatsapp_queue
+from wacrm.workers.inbound import handle_message
 from wacrm.workers.inbox import InboxProcessor
 from wacrm.workers.whatsapp_outbox import OutboxPolicy, WhatsAppOutboxWorker
 
@@ -435,7 +436,7 @@ def test_given_store_failure_mid_batch_when_processed_then_nothing_applied_and_r
 ) -> None:
     store(engine, account_id, from_(ALICE, "Alice", text("wamid.A1", "hi")))
     store(engine, account_id, from_(BOB, "Bob", text("wamid.B1", "hi", sender=BOB)))
-    real = inbox_module.handle_message
+    real = handle_message
 
     def flaky(conn: Any, **kwargs: Any) -> Any:
         if kwargs["message"].provider_message_id == "wamid.B1":

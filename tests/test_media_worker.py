@@ -119,7 +119,12 @@ async def upload(http: httpx.AsyncClient, data: bytes = JPEG, mime: str = "image
 def inbound_media(
     engine: Engine, account_id: int, wamid: str, body: dict[str, Any], mtype: str = "image"
 ) -> int:
-    raw = {"from": "16505551234", "id": wamid, "timestamp": "1749416383", "type": mtype}
+    raw: dict[str, Any] = {
+        "from": "16505551234",
+        "id": wamid,
+        "timestamp": "1749416383",
+        "type": mtype,
+    }
     raw[mtype] = body
     with engine.begin() as conn:
         result = conn.execute(

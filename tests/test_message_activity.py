@@ -168,9 +168,19 @@ def test_given_inbound_image_and_location_when_queued_then_body_describes_them(
 ) -> None:
     clock = Clock()
     processor = make_processor(engine, clock)
-    image = {"id": "wamid.IMG", "timestamp": str(TS), "from": ALICE, "type": "image"}
+    image: dict[str, Any] = {
+        "id": "wamid.IMG",
+        "timestamp": str(TS),
+        "from": ALICE,
+        "type": "image",
+    }
     image["image"] = {"id": "media-1", "mime_type": "image/jpeg", "caption": "my receipt"}
-    place = {"id": "wamid.LOC", "timestamp": str(TS), "from": ALICE, "type": "location"}
+    place: dict[str, Any] = {
+        "id": "wamid.LOC",
+        "timestamp": str(TS),
+        "from": ALICE,
+        "type": "location",
+    }
     place["location"] = {"latitude": 51.5, "longitude": -0.12, "name": "Shop", "address": "High St"}
     store(engine, account_id, from_(ALICE, "Alice", image, place))
     processor.process_pending()

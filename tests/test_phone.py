@@ -303,6 +303,7 @@ def test_given_example_number_of_any_region_when_formatted_and_normalized_then_s
 ) -> None:
     example = phonenumbers.example_number_for_type(region, number_type)
     assume(example is not None)
+    assert example is not None  # assume() already skipped the None case; this narrows it
     e164 = phonenumbers.format_number(example, PhoneNumberFormat.E164)
     typed = in_script(phonenumbers.format_number(example, fmt), script)
     region_arg = region if fmt == PhoneNumberFormat.NATIONAL else None
@@ -319,6 +320,7 @@ def test_given_example_number_with_any_separators_when_normalized_then_same_e164
 ) -> None:
     example = phonenumbers.example_number(region)
     assume(example is not None)
+    assert example is not None  # assume() already skipped the None case; this narrows it
     e164 = phonenumbers.format_number(example, PhoneNumberFormat.E164)
     typed = "+" + "".join(d + sep for d, sep in zip(e164[1:], separators, strict=False))
     assert normalize(typed) == e164

@@ -14,7 +14,7 @@ from test_rules_support import T0, add_contact, inbound, outbound, rows, runtime
 
 from wacrm.model import InboundMessage, MessageType
 from wacrm.rules import runtime as runtime_module
-from wacrm.rules.episodes import current_episode
+from wacrm.rules.episodes import current_episode, recent_inbound_texts
 from wacrm.rules.language import LanguageDetector
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, crm_outbox
@@ -93,7 +93,7 @@ def test_given_contacts_first_message_when_rules_run_then_language_from_it_witho
     contact = add_contact(engine, account_id)
     row_id = inbound(engine, account_id, contact, T0, "متى يوصل الطلب؟")
     read: list[int] = []
-    real = runtime_module.recent_inbound_texts
+    real = recent_inbound_texts
 
     def recent(conn: Any, contact_id: int, limit: int = 5) -> list[str]:
         read.append(contact_id)

@@ -16,7 +16,6 @@ import pytest
 from cryptography.fernet import Fernet
 
 from wacrm.config import ConfigError, Secret, Settings, load_settings
-from wacrm.store import secrets as secrets_module
 from wacrm.store.secrets import (
     SecretBox,
     SecretError,
@@ -249,7 +248,7 @@ def test_given_another_process_creates_the_file_first_when_linking_then_its_key_
         path.write_text(theirs + "\n")  # the other process, just before our link
         real_link(src, dst)
 
-    monkeypatch.setattr(secrets_module.os, "link", lose_the_race)
+    monkeypatch.setattr("wacrm.store.secrets.os.link", lose_the_race)
 
     with caplog.at_level(logging.WARNING, logger="wacrm.store.secrets"):
         assert read_or_create_key_file(path).strip() == theirs

@@ -6,7 +6,6 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -28,6 +27,7 @@ from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, tickets
 from wacrm.sync.commands import ConnectorRegistry, SimulatorTarget, build_sync
 from wacrm.sync.crm_ids import store_crm_ids
+from wacrm.sync.engine import PullStats
 from wacrm.sync.status import sync_status
 from wacrm.sync.webhooks import change_webhook_endpoint
 from wacrm.sync.worker import SyncWorker
@@ -162,8 +162,8 @@ async def test_given_a_crm_edit_when_its_webhook_comes_over_http_then_the_mirror
             applied = threading.Event()
             real_pull = sync.pull
 
-            def pull(acc: int, obj: str = "contacts") -> Any:
-                stats = real_pull(acc, obj)
+            def pull(account_id: int, object: str = "contacts") -> PullStats:
+                stats = real_pull(account_id, object)
                 if stats.mirror.applied:
                     applied.set()
                 return stats
@@ -204,6 +204,9 @@ def test_given_record_keys_made_by_the_inbox_worker_then_crm_ids_find_their_rows
             )
         ).inserted_primary_key
         assert phone_id is not None and user_id is not None
+        phone_key = contact_record_key("+15550001", None)
+        user_key = contact_record_key(None, "US.123")
+        assert phone_key is not None and user_key is not None
         conn.execute(
             tickets.insert().values(
                 account_id=account_id,
@@ -217,10 +220,7 @@ def test_given_record_keys_made_by_the_inbox_worker_then_crm_ids_find_their_rows
             conn,
             account_id,
             "contacts",
-            [
-                (contact_record_key("+15550001", None), "c1"),
-                (contact_record_key(None, "US.123"), "c2"),
-            ],
+            [(phone_key, "c1"), (user_key, "c2")],
         )
         store_crm_ids(conn, account_id, "tickets", [(ticket_record_key("wamid.X"), "t1")])
 

@@ -21,7 +21,7 @@ from wacrm.sandbox.crm import CrmSimulator, Faults, SimConfig
 from wacrm.sandbox.crm_transport import SimulatorTransport
 from wacrm.store.outbox import enqueue_crm_change
 from wacrm.store.schema import contacts, crm_outbox
-from wacrm.sync.engine import SyncEngine
+from wacrm.sync.engine import PullStats, SyncEngine
 from wacrm.sync.sim_connector import SimulatorConnector
 from wacrm.sync.webhooks import foreign_changes
 from wacrm.sync.worker import SyncWorker
@@ -154,20 +154,20 @@ async def test_given_a_crm_edit_when_its_webhook_arrives_then_the_mirror_has_it_
     pulled = threading.Event()
     real_pull = worker.sync.pull
 
-    def pull(acc: int, obj: str = "contacts") -> Any:
-        stats = real_pull(acc, obj)
+    def pull(account_id: int, object: str = "contacts") -> PullStats:
+        stats = real_pull(account_id, object)
         if stats.mirror.applied:
             pulled.set()
         return stats
 
     worker.sync.pull = pull  # type: ignore[method-assign]
     app_id = str(world.sim.config.app_id)
-    world.sim.subscribe(
-        lambda events: [
+
+    def wake(events: list[dict[str, Any]]) -> None:
+        for _portal, obj in foreign_changes(events, own_app_id=app_id):
             worker.notify_crm_change(account_id, obj)
-            for _portal, obj in foreign_changes(events, own_app_id=app_id)
-        ]
-    )
+
+    world.sim.subscribe(wake)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await asyncio.sleep(0)  # the first (baseline) tick runs, then the loop waits

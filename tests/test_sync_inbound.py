@@ -19,6 +19,7 @@ from wacrm.sync import engine as sync_engine
 from wacrm.sync.conflicts import LocalState, resolve
 from wacrm.sync.cursors import Bookmark, CursorWentBackwards, load_bookmark, save_bookmark
 from wacrm.sync.engine import SyncEngine
+from wacrm.sync.mirror import apply_contacts
 from wacrm.workers.crm_outbox import CrmOutboxWorker
 
 MAPPING = load_mapping("local", "contacts")
@@ -186,7 +187,7 @@ def test_given_a_crash_while_storing_a_page_then_the_bookmark_stays_before_it(
     clock = FakeClock(T0 + timedelta(minutes=1))
     _contact(engine, account_id, clock)
     crm = LocalMapped(changes=[_change(PHONE, 1, language="fr"), _change(PHONE, 2, language="it")])
-    real = sync_engine.apply_contacts
+    real = apply_contacts
     calls = []
 
     def crash_on_second_page(*args: Any) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import random
 import threading
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine, func, select
@@ -50,7 +51,7 @@ def _mirror(engine: Engine, clock: FakeClock, account_id: int, n: int) -> None:
         )
 
 
-def _rows(engine: Engine, **where: object) -> list[dict[str, object]]:
+def _rows(engine: Engine, **where: object) -> list[dict[str, Any]]:
     query = select(crm_outbox)
     for col, value in where.items():
         query = query.where(crm_outbox.c[col] == value)

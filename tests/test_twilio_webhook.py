@@ -290,7 +290,7 @@ def test_given_twilio_message_when_handled_as_meta_ones_are_then_same_contact_an
     from wacrm.store.schema import contacts, messages
     from wacrm.workers.inbound import handle_message
 
-    payload = {"message": fixture("inbound_text"), "received_at": 1749416383}
+    payload: dict[str, Any] = {"message": fixture("inbound_text"), "received_at": 1749416383}
     message = parse_twilio_message(payload)
 
     with engine.begin() as conn:

@@ -472,6 +472,7 @@ def test_given_recipient_cannot_receive_when_processed_then_failed_and_contact_f
     assert message_row(engine, message_id).error_code == str(code)
     with engine.connect() as conn:
         tags = conn.execute(select(contacts.c.tags).where(contacts.c.id == alice)).scalar()
+    assert tags is not None
     assert tag in orjson.loads(tags)
 
 
@@ -494,6 +495,7 @@ def test_given_send_failing_for_good_when_rules_given_then_failure_rule_fires_in
         tags = conn.execute(select(contacts.c.tags).where(contacts.c.id == alice)).scalar()
         subjects = list(conn.execute(select(tasks.c.subject)).scalars())
         fired = list(conn.execute(select(rule_firings.c.firing_key)).scalars())
+    assert tags is not None
     assert {"wa-undeliverable", "delivery-failed"} <= set(orjson.loads(tags))
     assert len(subjects) == 1 and subjects[0].endswith("(131026)")
     # Keyed by the message row: a failed status webhook for it later is the same failure.
