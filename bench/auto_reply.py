@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ async def _drive(base: str, bodies: list[tuple[bytes, str]], rate: float) -> lis
         return list(await asyncio.gather(*tasks))
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and its children (the worker process, where there is one)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -201,51 +202,69 @@ def _batch(
     return out
 
 
+@dataclass
+class Stack:
+    """``wacrm serve`` and the Cloud API sandbox, each in a process of its own."""
+
+    server: str  # base URLs
+    sandbox: str
+    server_proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def serve_with_sandbox(
+    database_url: str, served: dict[str, str], work: Path, script: str
+) -> Iterator[Stack]:
+    """Start the sandbox (``script --sandbox CONFIG``, which calls :func:`sandbox_main`) and
+    ``wacrm serve`` on ``database_url`` (sending to the sandbox, which posts its status
+    webhooks back); both ready on entry, both stopped on exit."""
+    server_port, sandbox_port = free_port(), free_port()
+    server, sandbox = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{sandbox_port}"
+    config = {
+        "port": sandbox_port,
+        "access_token": TOKEN,
+        "app_secret": SECRET,
+        "webhook_url": server + PATH,
+        "phone_numbers": served,
+    }
+    sandbox_proc = subprocess.Popen(
+        [sys.executable, script, "--sandbox", orjson.dumps(config).decode()], cwd=REPO
+    )
+    env = {
+        **os.environ,
+        "WACRM_CONFIG": str(work / "absent.toml"),
+        "WACRM_DATABASE_URL": database_url,
+        "WACRM_PORT": str(server_port),
+        "WACRM_WHATSAPP_APP_SECRET": SECRET,
+        "WACRM_WHATSAPP_VERIFY_TOKEN": VERIFY,
+        "WACRM_WHATSAPP_ACCESS_TOKEN": TOKEN,
+        "WACRM_WHATSAPP_API_BASE_URL": sandbox,
+        "WACRM_WHATSAPP_PHONE_NUMBER_ID": next(iter(served)),
+        "WACRM_PRICE_LIST_TEXT": PRICE_LIST,
+        "WACRM_MEDIA_DIR": str(work / "media"),
+    }
+    wacrm = Path(sys.executable).parent / "wacrm"
+    server_proc = subprocess.Popen([str(wacrm), "serve"], env=env, cwd=work)
+    try:
+        wait_ready(sandbox + "/_sandbox/sent", sandbox_proc)
+        wait_ready(server + "/healthz", server_proc, timeout=60)
+        yield Stack(server, sandbox, server_proc)
+    finally:
+        stop(server_proc)
+        stop(sandbox_proc)
+
+
 def run_end_to_end(args: argparse.Namespace, url: str | None) -> Run:
     served = numbers(args.numbers)
     with (
         tempfile.TemporaryDirectory(prefix="wacrm-bench-") as tmp,
-        _store(url, Path(tmp)) as (
-            database_url,
-            backend,
-        ),
+        _store(url, Path(tmp)) as (database_url, backend),
     ):
-        work = Path(tmp)
         _seed(database_url, served)
-        server_port, sandbox_port = free_port(), free_port()
-        server, sandbox = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{sandbox_port}"
-        config = {
-            "port": sandbox_port,
-            "access_token": TOKEN,
-            "app_secret": SECRET,
-            "webhook_url": server + PATH,
-            "phone_numbers": served,
-        }
-        sandbox_proc = subprocess.Popen(
-            [sys.executable, __file__, "--sandbox", orjson.dumps(config).decode()], cwd=REPO
-        )
-        env = {
-            **os.environ,
-            "WACRM_CONFIG": str(work / "absent.toml"),
-            "WACRM_DATABASE_URL": database_url,
-            "WACRM_PORT": str(server_port),
-            "WACRM_WHATSAPP_APP_SECRET": SECRET,
-            "WACRM_WHATSAPP_VERIFY_TOKEN": VERIFY,
-            "WACRM_WHATSAPP_ACCESS_TOKEN": TOKEN,
-            "WACRM_WHATSAPP_API_BASE_URL": sandbox,
-            "WACRM_WHATSAPP_PHONE_NUMBER_ID": next(iter(served)),
-            "WACRM_PRICE_LIST_TEXT": PRICE_LIST,
-            "WACRM_MEDIA_DIR": str(work / "media"),
-        }
-        wacrm = Path(sys.executable).parent / "wacrm"
-        server_proc = subprocess.Popen([str(wacrm), "serve"], env=env, cwd=work)
-        try:
-            wait_ready(sandbox + "/_sandbox/sent", sandbox_proc)
-            wait_ready(server + "/healthz", server_proc, timeout=60)
-            run, stamps = _measure(args, served, server, sandbox, server_proc.pid, backend)
-        finally:
-            stop(server_proc)
-            stop(sandbox_proc)
+        with serve_with_sandbox(database_url, served, Path(tmp), __file__) as stack:
+            run, stamps = _measure(
+                args, served, stack.server, stack.sandbox, stack.server_proc.pid, backend
+            )
         run.parts_ms = _parts(database_url, stamps)
         return run
 
@@ -269,14 +288,14 @@ def _parts(database_url: str, stamps: dict[str, tuple[float, float]]) -> dict[st
         if event_id not in stamps or processed is None:
             continue
         began, arrived = stamps[event_id]
-        received_s, processed_s = _epoch(received), _epoch(processed)
+        received_s, processed_s = epoch(received), epoch(processed)
         parts["ingest"].append((received_s - began) * 1000)
         parts["pick-up"].append((processed_s - received_s) * 1000)
         parts["reply"].append((arrived - processed_s) * 1000)
     return parts
 
 
-def _epoch(value: datetime | str) -> float:
+def epoch(value: datetime | str) -> float:
     when = datetime.fromisoformat(value) if isinstance(value, str) else value
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
@@ -294,11 +313,11 @@ def _measure(
     asyncio.run(_drive(server, [(raw, sig) for _, raw, sig in warm], args.rate))
     _wait_for_replies(sandbox, len(warm), timeout=30)
     load = os.getloadavg()[0]
-    cpu0, began = _cpu_seconds(server_pid), time.monotonic()
+    cpu0, began = cpu_seconds(server_pid), time.monotonic()
     results = asyncio.run(_drive(server, [(raw, sig) for _, raw, sig in main], args.rate))
     seconds = time.monotonic() - began
     sent = _wait_for_replies(sandbox, len(warm) + len(main), timeout=60)
-    cpu = _cpu_seconds(server_pid) - cpu0
+    cpu = cpu_seconds(server_pid) - cpu0
     arrived = {
         s["body"].get("context", {}).get("message_id"): float(s["accepted_at"]) for s in sent
     }
