@@ -61,6 +61,9 @@ class Settings:
     whatsapp_api_version: str = DEFAULT_GRAPH_VERSION
     whatsapp_phone_number_id: str = ""
     whatsapp_display_phone_number: str = ""
+    # The WABA id (entry.id of its webhooks): template, quality and account updates name only
+    # it. Learned from the first message webhook too; set it to route them before that.
+    whatsapp_business_account_id: str = ""
     default_region: str = ""
     account_name: str = "default"
     rules_dir: str = ""

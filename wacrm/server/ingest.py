@@ -47,6 +47,7 @@ def _quarantine(
             "kind": event.kind,
             "event_id": event.event_id,
             "phone_number_id": event.phone_number_id,
+            "waba_id": event.waba_id,
             "payload": event.payload,
         }
     ).decode()
@@ -63,23 +64,42 @@ def _reason_unusable(event: WebhookEvent) -> str | None:
     return None
 
 
+def _reason_unrouted(event: WebhookEvent) -> str:
+    if event.phone_number_id:
+        return f"phone_number_id {event.phone_number_id} is not registered to any account"
+    if event.waba_id:
+        return (
+            f"{event.kind} event has no phone_number_id and its WhatsApp Business Account "
+            f"{event.waba_id} is not registered to any account "
+            "(set WACRM_WHATSAPP_BUSINESS_ACCOUNT_ID)"
+        )
+    return f"{event.kind} event has no phone_number_id"
+
+
 def rows_for_events(
-    events: Iterable[WebhookEvent], account_for: AccountLookup, now: datetime
+    events: Iterable[WebhookEvent],
+    account_for: AccountLookup,
+    now: datetime,
+    account_for_waba: AccountLookup | None = None,
 ) -> tuple[list[InboxRow], list[QuarantineRow]]:
-    """Split ``events`` into rows to insert and rows to quarantine, in order."""
+    """Split ``events`` into rows to insert and rows to quarantine, in order. An event is
+    routed by its ``phone_number_id`` (``account_for``), or, having none (template, quality
+    and account updates), by its WABA (``account_for_waba``)."""
     rows: list[InboxRow] = []
     quarantined: list[QuarantineRow] = []
     for event in events:
         pnid = event.phone_number_id
-        if not pnid:
-            quarantined.append(
-                _quarantine(event, None, f"{event.kind} event has no phone_number_id", now)
-            )
+        if pnid:
+            account_id = account_for(pnid)
+        elif event.waba_id and account_for_waba is not None:
+            account_id = account_for_waba(event.waba_id)
+        else:
+            account_id = None
+        if event.problem is not None:
+            quarantined.append(_quarantine(event, account_id, event.problem, now))
             continue
-        account_id = account_for(pnid)
         if account_id is None:
-            reason = f"phone_number_id {pnid} is not registered to any account"
-            quarantined.append(_quarantine(event, None, reason, now))
+            quarantined.append(_quarantine(event, None, _reason_unrouted(event), now))
             continue
         unusable = _reason_unusable(event)
         if unusable is not None:

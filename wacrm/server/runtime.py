@@ -28,7 +28,7 @@ from wacrm.rules.runtime import RuleRuntime
 from wacrm.rules.schema import RuleFileError, RuleSet
 from wacrm.server.app import WacrmApp, create_app, require_webhook_secrets
 from wacrm.store import create_store_engine, migrate
-from wacrm.store.accounts import ensure_account, register_number, set_crm_tenant
+from wacrm.store.accounts import ensure_account, register_number, register_waba, set_crm_tenant
 from wacrm.sync.commands import build_sync_worker
 from wacrm.workers.base import Worker
 from wacrm.workers.inbox import InboxProcessor
@@ -154,6 +154,11 @@ def ensure_default_account(engine: Engine, settings: Settings) -> int:
             )
         except ValueError as exc:
             raise ConfigError(f"WACRM_WHATSAPP_PHONE_NUMBER_ID: {exc}") from None
+    if settings.whatsapp_business_account_id:  # template, quality and account updates
+        try:
+            register_waba(engine, account_id, settings.whatsapp_business_account_id)
+        except ValueError as exc:
+            raise ConfigError(f"WACRM_WHATSAPP_BUSINESS_ACCOUNT_ID: {exc}") from None
     if settings.crm_tenant:  # how CRM change webhooks (by portal/org id) find this account
         try:
             set_crm_tenant(engine, account_id, settings.crm_tenant)

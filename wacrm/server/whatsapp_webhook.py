@@ -117,7 +117,9 @@ class MetaWebhook:
         now = datetime.now(UTC)
         try:
             # Cached after the first hit per number, so normally no query here.
-            rows, quarantined = rows_for_events(events, self._directory.account_for, now)
+            rows, quarantined = rows_for_events(
+                events, self._directory.account_for, now, self._directory.account_for_waba
+            )
         except SQLAlchemyError as exc:
             await answer_not_stored(send, "account directory unavailable", exc)
             return

@@ -1,14 +1,16 @@
-"""Accounts and the WhatsApp numbers that route webhooks to them."""
+"""Accounts, and the WhatsApp numbers and business accounts (WABAs) that route webhooks to
+them."""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from wacrm.store.schema import accounts, whatsapp_numbers
+from wacrm.store.schema import accounts, whatsapp_business_accounts, whatsapp_numbers
 
 
 def ensure_account(engine: Engine, name: str, crm: str = "local") -> int:
@@ -59,13 +61,57 @@ def register_number(
             )
 
 
+def register_waba(engine: Engine, account_id: int, waba_id: str) -> None:
+    """Route webhooks that name only the WhatsApp Business Account ``waba_id`` (template,
+    quality and account updates) to ``account_id``; idempotent, :class:`ValueError` if the
+    WABA belongs to another account."""
+    with engine.begin() as conn:
+        owner = learn_waba(conn, account_id, waba_id)
+    if owner != account_id:
+        raise ValueError(f"WhatsApp Business Account {waba_id} already belongs to account {owner}")
+
+
+def learn_waba(conn: Connection, account_id: int, waba_id: str) -> int:
+    """Record that ``waba_id`` belongs to ``account_id`` unless it is already known; the
+    account it belongs to (the first one recorded wins)."""
+    table = whatsapp_business_accounts
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    added = conn.execute(
+        insert(table)
+        .values(waba_id=waba_id, account_id=account_id)
+        .on_conflict_do_nothing()
+        .returning(table.c.account_id)
+    ).scalar()
+    if added is not None:
+        return account_id
+    owner = conn.execute(select(table.c.account_id).where(table.c.waba_id == waba_id)).scalar()
+    return account_id if owner is None else int(owner)
+
+
 class NumberDirectory:
-    """phone_number_id → account id, cached; webhooks look it up on every request."""
+    """phone_number_id (or WABA id) → account id, cached; webhooks look it up on every
+    request."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._cache: dict[str, int] = {}
+        self._waba_cache: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def account_for_waba(self, waba_id: str) -> int | None:
+        found = self._waba_cache.get(waba_id)
+        if found is not None:
+            return found
+        table = whatsapp_business_accounts
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(table.c.account_id).where(table.c.waba_id == waba_id)
+            ).scalar()
+        if row is None:
+            return None  # not cached: it may be learned or registered later
+        with self._lock:
+            self._waba_cache[waba_id] = int(row)
+        return int(row)
 
     def account_for(self, phone_number_id: str) -> int | None:
         found = self._cache.get(phone_number_id)

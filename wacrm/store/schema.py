@@ -92,6 +92,15 @@ whatsapp_numbers = Table(
     Column("display_phone_number", String(32)),
 )
 
+# A WhatsApp Business Account (WABA) routes to one account: template, quality and account
+# updates name only the WABA (entry.id), no phone_number_id.
+whatsapp_business_accounts = Table(
+    "whatsapp_business_accounts",
+    metadata,
+    Column("waba_id", String(64), primary_key=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+)
+
 # One row per provider event id (message wamid, or wamid:status for a status update).
 inbox = Table(
     "inbox",

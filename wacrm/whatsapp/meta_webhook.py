@@ -6,6 +6,13 @@ element (every ``entry`` and every ``change``), each keeping the context it need
 Splitting runs on the webhook hot path, so it only looks at ids; parsing into the frozen
 domain types happens later, in the inbox processor.
 
+An entry or change of the wrong shape becomes an event with a ``problem`` (quarantined with
+that reason) and the rest of the body is still split: Meta re-sends a refused body as it was,
+so refusing it all would refuse its good messages for days. Only a body that is not an
+envelope at all is a :class:`PayloadError` (a 400). Changes of other fields (template,
+quality, account updates) carry no ``phone_number_id``; they are routed by ``entry.id``, the
+WhatsApp Business Account (WABA).
+
 Parsing is deliberately lenient: unknown types and statuses become ``UNKNOWN``, a part with an
 unexpected shape is left out (``None``), and only a missing id makes an element unusable. The
 raw element is always kept in the inbox row, so nothing a later parser could read is lost.
@@ -64,9 +71,11 @@ class WebhookEvent:
     """One storable event from an envelope."""
 
     phone_number_id: str | None
-    kind: str  # message | status | error | field:<name>
+    kind: str  # message | status | error | field:<name> | malformed
     event_id: str | None
     payload: dict[str, Any]
+    waba_id: str | None = None  # entry.id: routes events that have no phone_number_id
+    problem: str | None = None  # why the part cannot be stored as an event (quarantined)
 
 
 # -- splitting (hot path) -------------------------------------------------------------------
@@ -96,11 +105,25 @@ def split_envelope(doc: Any) -> Iterator[WebhookEvent]:
         raise PayloadError("body has no 'entry' array")
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("changes"), list):
-            raise PayloadError("an entry has no 'changes' array")
+            yield _malformed(entry, "an entry has no 'changes' array")
+            continue
         for change in entry["changes"]:
             if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
-                raise PayloadError("a change has no 'value' object")
-            yield from _split_change(entry.get("id"), change)
+                yield _malformed(change, "a change has no 'value' object", entry)
+                continue
+            yield from _split_change(entry, change)
+
+
+def _malformed(part: Any, problem: str, entry: dict[str, Any] | None = None) -> WebhookEvent:
+    waba = entry.get("id") if entry is not None else None
+    return WebhookEvent(
+        None,
+        "malformed",
+        None,
+        {"part": part},
+        waba_id=str(waba) if isinstance(waba, str | int) else None,
+        problem=problem,
+    )
 
 
 def _contact_for(msg: dict[str, Any], contacts: list[Any]) -> Any:
@@ -118,19 +141,24 @@ def _contact_for(msg: dict[str, Any], contacts: list[Any]) -> Any:
     return None
 
 
-def _split_change(waba_id: Any, change: dict[str, Any]) -> Iterator[WebhookEvent]:
+def _split_change(entry: dict[str, Any], change: dict[str, Any]) -> Iterator[WebhookEvent]:
     value: dict[str, Any] = change["value"]
     field = str(change.get("field") or "messages")
     metadata = _obj(value.get("metadata"))
     pnid = metadata.get("phone_number_id")
     phone_number_id = str(pnid) if pnid is not None else None
+    waba = entry.get("id")
+    waba_id = str(waba) if isinstance(waba, str | int) else None
     if field != "messages":
-        # Account updates, template and quality changes: kept, keyed by their content.
+        # Account updates, template and quality changes: kept, keyed by their content and
+        # the entry's time, so the same change made again later (a template paused, then
+        # approved, then paused again) is a new event, and a re-delivery is not.
         yield WebhookEvent(
             phone_number_id,
             f"field:{field}",
-            _digest(change),
-            {"waba_id": waba_id, "field": field, "value": value},
+            _digest({"time": entry.get("time"), "change": change}),
+            {"waba_id": waba, "time": entry.get("time"), "field": field, "value": value},
+            waba_id=waba_id,
         )
         return
     contacts = _arr(value.get("contacts"))
@@ -142,7 +170,12 @@ def _split_change(waba_id: Any, change: dict[str, Any]) -> Iterator[WebhookEvent
             phone_number_id,
             "message",
             str(msg_id) if msg_id else None,
-            {"metadata": metadata, "contact": _contact_for(msg, contacts), "message": msg},
+            {
+                "metadata": metadata,
+                "contact": _contact_for(msg, contacts),
+                "message": msg,
+                "waba_id": waba_id,  # so the processor learns which account the WABA is
+            },
         )
     for status in _arr(value.get("statuses")):
         if not isinstance(status, dict):
@@ -154,10 +187,19 @@ def _split_change(waba_id: Any, change: dict[str, Any]) -> Iterator[WebhookEvent
             f"{sid}:{state}" if sid and state else None,
             {"metadata": metadata, "status": status},
         )
-    for error in _arr(value.get("errors")):
-        yield WebhookEvent(
-            phone_number_id, "error", _digest(error), {"metadata": metadata, "error": error}
-        )
+    errors = _arr(value.get("errors"))
+    if errors:
+        # The same error (e.g. 131000) for two different messages is two events: the ids of
+        # the messages beside it are part of its key, and kept with it.
+        beside = [m.get("id") for m in _arr(value.get("messages")) if isinstance(m, dict)]
+        for error in errors:
+            yield WebhookEvent(
+                phone_number_id,
+                "error",
+                _digest({"error": error, "messages": beside, "time": entry.get("time")}),
+                {"metadata": metadata, "error": error, "message_ids": beside},
+                waba_id=waba_id,
+            )
 
 
 # -- parsing (in the processor) -------------------------------------------------------------

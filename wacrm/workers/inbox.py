@@ -35,6 +35,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from wacrm.config import Settings
 from wacrm.model import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, advance_status
 from wacrm.rules.runtime import RuleRuntime
+from wacrm.store.accounts import learn_waba
 from wacrm.store.inbox import QuarantineRow, insert_quarantine_rows
 from wacrm.store.ingest_gauge import IngestGauge, ingest_gauge
 from wacrm.store.schema import inbox, messages
@@ -184,6 +185,7 @@ class InboxProcessor:
         self._others_at = float("-inf")  # time.monotonic() of the last pass taking them
         self._others_owed = False  # a pass left them for later
         self._failures = 0
+        self._wabas_known: set[tuple[int, str]] = set()  # (account, WABA id) recorded
         self._batch_seconds = batch_seconds
         self._row_seconds = 0.002  # recent seconds per row (moving average): sizes batches
         self._burst_rate = burst_rate
@@ -373,6 +375,12 @@ class InboxProcessor:
         self, conn: Connection, row: Row[Any], payload: dict[str, Any], now: datetime
     ) -> None:
         message = _parsers(row.provider)[0](payload)
+        waba = payload.get("waba_id")
+        if waba and (row.account_id, waba) not in self._wabas_known:
+            # Template, quality and account updates name only the WABA: learn its account
+            # from the messages, once per process.
+            learn_waba(conn, row.account_id, str(waba))
+            self._wabas_known.add((row.account_id, waba))
         outcome = handle_message(
             conn,
             account_id=row.account_id,
