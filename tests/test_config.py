@@ -77,3 +77,17 @@ def test_given_secret_when_printed_logged_or_formatted_then_value_hidden(
     assert "s3cr3t-value" not in shown
     assert "s3cr3t-value" not in caplog.text
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "20000", "fast"])
+def test_given_unusable_whatsapp_mps_when_loaded_then_error_names_variable_and_value(
+    tmp_path: Path, raw: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"WACRM_WHATSAPP_MPS must be .*{raw}"):
+        load_settings(env={"WACRM_WHATSAPP_MPS": raw}, toml_path=tmp_path / "absent.toml")
+
+
+def test_given_whatsapp_mps_in_env_when_loaded_then_used(tmp_path: Path) -> None:
+    found = load_settings(env={"WACRM_WHATSAPP_MPS": "20"}, toml_path=tmp_path / "absent.toml")
+
+    assert found.whatsapp_mps == 20

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, select
 from whatsapp_support import (
     ALICE,
     BOB,
+    TOKEN,
     Clock,
     Graph,
     add_contact,
@@ -22,9 +23,12 @@ from whatsapp_support import (
     over_asgi,
 )
 
+from wacrm.config import Settings
 from wacrm.store.schema import wa_outbox
 from wacrm.whatsapp.meta_bodies import template_message, text_message
+from wacrm.whatsapp.meta_send import CloudApiClient
 from wacrm.whatsapp.pacing import PairLimiter, TokenBucket
+from wacrm.workers.whatsapp_outbox import WhatsAppOutboxWorker
 
 
 @pytest.fixture
@@ -172,6 +176,32 @@ def test_given_mps_limit_when_many_recipients_then_sleeps_to_stay_under_it(
     assert len(sandbox.sent) == 25
     assert sandbox.refused == []
     assert clock.now - start == timedelta(seconds=24 / paced)  # evenly spaced, 1/paced s
+
+
+def test_given_whatsapp_mps_setting_when_worker_built_then_paced_at_that_rate(
+    engine: Engine, account_id: int, clock: Clock
+) -> None:
+    # A coexistence number is fixed at 20 mps: at the default 80 the sandbox refuses most.
+    sandbox = make_sandbox(clock, mps=20)
+    start = clock.now
+    for i in range(41):
+        phone = f"+1650555{i:04d}"
+        contact = add_contact(engine, account_id, phone, clock.now)
+        add_outbound(
+            engine, account_id, text_message(phone, "hi"), at=clock.now, contact_id=contact
+        )
+    client = CloudApiClient(
+        base_url="http://sandbox.test", version="v25.0", access_token=TOKEN, http=over_asgi(sandbox)
+    )
+    worker = WhatsAppOutboxWorker(
+        engine, Settings(whatsapp_mps=20), client, clock=clock, sleep=clock.sleep
+    )
+
+    worker.process_due()
+
+    assert worker.policy.mps == 20
+    assert (len(sandbox.sent), sandbox.refused) == (41, [])
+    assert clock.now - start == timedelta(seconds=40 / (20 * worker.policy.mps_headroom))
 
 
 def test_given_token_bucket_when_reserving_then_waits_are_rate_spaced() -> None:

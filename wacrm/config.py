@@ -61,6 +61,9 @@ class Settings:
     whatsapp_api_version: str = DEFAULT_GRAPH_VERSION
     whatsapp_phone_number_id: str = ""
     whatsapp_display_phone_number: str = ""
+    # Messages per second a business number may send (Meta: 80 by default, up to 1,000 once
+    # upgraded, 20 for coexistence numbers); the sender paces a little under it.
+    whatsapp_mps: int = 80
     # The WABA id (entry.id of its webhooks): template, quality and account updates name only
     # it. Learned from the first message webhook too; set it to route them before that.
     whatsapp_business_account_id: str = ""
@@ -178,4 +181,9 @@ def load_settings(
     for key, raw in overrides.items():
         if raw is not None:
             values[key] = raw if isinstance(raw, Secret) else _coerce(key, raw)
-    return replace(Settings(), **values)
+    settings = replace(Settings(), **values)
+    if not 1 <= settings.whatsapp_mps <= 10_000:
+        raise ConfigError(
+            f"WACRM_WHATSAPP_MPS must be a rate between 1 and 10000, got {settings.whatsapp_mps}"
+        )
+    return settings

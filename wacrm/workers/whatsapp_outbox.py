@@ -110,7 +110,7 @@ class WhatsAppOutboxWorker:
         self._senders = Senders.from_settings(settings, client, twilio)
         self._content_policy = content_policy or ContentPolicy.from_settings(settings)
         self._skip_always = sorted(PROVIDERS - set(providers)) if providers is not None else []
-        self.policy = policy or OutboxPolicy()
+        self.policy = policy or OutboxPolicy(mps=float(settings.whatsapp_mps))
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
