@@ -12,12 +12,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, func, literal, select
 
 from wacrm.model import DeliveryStatus
-from wacrm.store.schema import messages, wa_outbox
+from wacrm.store.schema import messages, wa_outbox, whatsapp_numbers
 
-_INSERT_MESSAGE = messages.insert()
+# The sending number's provider, read inside the insert (no round trip of its own): what
+# ``wacrm export messages`` shows while the row is queued, paced or halted. A number not
+# registered is sent through Meta, as the outbox's claim decides it.
+_NUMBER_PROVIDER = func.coalesce(
+    select(whatsapp_numbers.c.provider)
+    .where(whatsapp_numbers.c.phone_number_id == bindparam("number_id"))
+    .scalar_subquery(),
+    literal("meta"),
+)
+_INSERT_MESSAGE = messages.insert().values(provider=_NUMBER_PROVIDER)
 _INSERT_OUTBOX = wa_outbox.insert()
 
 
@@ -52,7 +61,7 @@ def enqueue_send(
             "account_id": account_id,
             "contact_id": contact_id,
             "direction": "out",
-            "provider": "meta",
+            "number_id": phone_number_id,
             "type": kind,
             "text": text,
             "payload": request,
