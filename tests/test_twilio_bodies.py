@@ -97,3 +97,43 @@ def test_given_malformed_content_sid_setting_when_parsed_then_config_error_names
 ) -> None:
     with pytest.raises(ConfigError, match="WACRM_TWILIO_CONTENT_SIDS"):
         parse_content_sids(raw)
+
+
+# Twilio takes at most 1,600 characters in Body and in each ContentVariables value:
+# twilio.com/docs/api/errors/21617, twilio.com/docs/api/errors/21658.
+@pytest.mark.parametrize(
+    ("body", "code", "title", "words"),
+    [
+        (text_message(TO, "x" * 1601), "21617", "Body over 1,600 characters",
+         "text.body is 1601 characters; Twilio's limit for Body is 1600 (1 over, from line 1, "
+         "column 1601)"),
+        (text_message(TO, "line one\n" + "y" * 4000), "21617", "Body over 1,600 characters",
+         "text.body is 4009 characters; Twilio's limit for Body is 1600 (2409 over, from line "
+         "2, column 1592)"),
+        ({**media_message(TO, "image", link="https://c.test/a.png"),  # past Meta's 1024 too
+          "image": {"link": "https://c.test/a.png", "caption": "c" * 1700}}, "21617",
+         "Body over 1,600 characters", "image.caption is 1700 characters"),
+        (template_message(TO, "hello", "en_US", body_parameters("Ana", "v" * 1601)), "21658",
+         "Parameter over its character limit",
+         "template hello body parameter 2 is 1601 characters; Twilio's limit for the "
+         'ContentVariables value "2" is 1600'),
+    ],
+    ids=["text-1601", "text-4009-multiline", "caption", "template-variable"],
+)  # fmt: skip
+def test_given_body_over_twilio_limit_when_translated_then_not_sendable_with_twilio_code(
+    body: dict[str, Any], code: str, title: str, words: str
+) -> None:
+    with pytest.raises(NotSendable) as caught:
+        twilio_request(body, SIDS)
+
+    assert (caught.value.code, caught.value.title) == (code, title)
+    assert words in caught.value.reason
+    assert f"Twilio would refuse it with {code}" in caught.value.reason
+
+
+def test_given_body_and_variable_at_exactly_1600_when_translated_then_sent_as_is() -> None:
+    text = "é" * 1600
+    template = template_message(TO, "hello", "en_US", body_parameters(text))
+
+    assert twilio_request(text_message(TO, text), SIDS) == TwilioRequest(TO, body=text)
+    assert twilio_request(template, SIDS).content_variables == {"1": text}

@@ -105,19 +105,32 @@ def test_given_template_when_sent_then_content_sid_and_json_variables() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "code", "action"),
+    ("status", "body", "code", "action", "title"),
     [
-        (429, {"code": 20429, "message": "Too Many Requests"}, 20429, SendAction.RETRY_BACKOFF),
-        (503, {"message": "Service Unavailable"}, None, SendAction.RETRY_BACKOFF),
+        (429, {"code": 20429, "message": "Too Many Requests"}, 20429, SendAction.RETRY_BACKOFF,
+         "Too many requests"),
+        (503, {"message": "Service Unavailable"}, None, SendAction.RETRY_BACKOFF,
+         "Service Unavailable"),
         (400, {"code": 21211, "message": "The 'To' number is not a valid phone number."}, 21211,
-         SendAction.NEVER_RETRY_FLAG_CONTACT),
-        (401, {"code": 20003, "message": "Authenticate"}, 20003, SendAction.REFRESH_CREDENTIALS),
-        (400, {"code": 99999, "message": "Something new"}, 99999, SendAction.FIX_REQUEST),
-        (401, {"message": "Unauthorized"}, None, SendAction.REFRESH_CREDENTIALS),
+         SendAction.NEVER_RETRY_FLAG_CONTACT, "Invalid 'To' address"),
+        (401, {"code": 20003, "message": "Authenticate"}, 20003, SendAction.REFRESH_CREDENTIALS,
+         "Permission denied"),
+        # twilio.com/docs/api/errors/21617 and /21658: a Body or a ContentVariables value over
+        # 1,600 characters; known codes, so titled from the table (an unknown 4xx is titled
+        # with Twilio's message instead).
+        (400, {"code": 21617, "message": "The concatenated message body exceeds the 1600 "
+                                         "character limit"}, 21617, SendAction.FIX_REQUEST,
+         "Body over 1,600 characters"),
+        (400, {"code": 21658, "message": "Parameter exceeded character limit"}, 21658,
+         SendAction.FIX_REQUEST, "Parameter over its character limit"),
+        (400, {"code": 99999, "message": "Something new"}, 99999, SendAction.FIX_REQUEST,
+         "Something new"),
+        (401, {"message": "Unauthorized"}, None, SendAction.REFRESH_CREDENTIALS, "Unauthorized"),
     ],
+    ids=["20429", "503", "21211", "20003", "21617", "21658", "unknown-4xx", "401"],
 )  # fmt: skip
 def test_given_refusal_when_sent_then_classified_without_the_token(
-    status: int, body: dict[str, object], code: int | None, action: SendAction
+    status: int, body: dict[str, object], code: int | None, action: SendAction, title: str
 ) -> None:
     sender = sync_sender(status, body, [])
 
@@ -129,6 +142,7 @@ def test_given_refusal_when_sent_then_classified_without_the_token(
         code,
         action,
     )
+    assert caught.value.title == title
     assert caught.value.retryable is (action is SendAction.RETRY_BACKOFF)
     assert TOKEN not in str(caught.value) + repr(caught.value) + caught.value.summary
     assert TOKEN not in repr(sender)

@@ -300,7 +300,6 @@ def send_cmd(
                     media=media,
                     caption=caption,
                 )
-                check_sendable(route, body, settings)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except SendError as exc:
@@ -313,6 +312,12 @@ def send_cmd(
                     "refused by the content policy: "
                     + "; ".join(f"{f.code}: {f.message}" for f in refused)
                 )
+            # Then what the route's provider cannot take (Twilio: no Content SID, a Body over
+            # 1,600 characters…), after the content policy, in the outbox worker's order.
+            try:
+                check_sendable(route, body, settings)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             for finding in findings:
                 click.echo(f"wacrm: warning: {finding.code}: {finding.message}", err=True)
             outcome = send_now(

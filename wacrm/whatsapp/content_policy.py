@@ -10,7 +10,9 @@ with ``content_policy = "block"`` (see :func:`blocking`).
 Limits: facts/whatsapp.md §2 and Meta's message pages (text 4096, caption 1024, interactive
 body 1024, header and footer 60, reply buttons ≤ 3 titled ≤ 20, lists ≤ 10 sections and
 ≤ 10 rows in all), shared with :mod:`wacrm.whatsapp.meta_bodies`; media in
-:mod:`wacrm.whatsapp.content_media`.
+:mod:`wacrm.whatsapp.content_media`. These are Meta's, whichever provider sends; a provider's
+lower limit is checked where its request is built, before pacing (Twilio's 1,600 characters
+of ``Body``: :mod:`wacrm.whatsapp.twilio_bodies`).
 
 ``Finding.where`` names the field (``text.body``, ``interactive.action.buttons[3].reply.title``,
 0-based indexes); a finding at a place inside a text adds it: ``text.body, line 3, column 12``.

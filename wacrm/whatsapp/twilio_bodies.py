@@ -13,6 +13,11 @@
 - anything else (location, interactive buttons/lists, stickers, reactions) has no plain
   ``Messages.json`` form: :class:`NotSendable`, a permanent failure with the reason.
 
+Twilio takes at most 1,600 characters in ``Body`` and in each ``ContentVariables`` value, on
+every channel (WhatsApp too), less than Meta's 4,096 for a text: a longer one is
+:class:`NotSendable` here, with the code Twilio would answer (21617, 21658), so it costs no
+request and no pacing token.
+
 A reply's ``context`` (quoting the message answered) and ``preview_url`` have no
 ``Messages.json`` parameter and are dropped.
 """
@@ -25,10 +30,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from wacrm.config import ConfigError
+from wacrm.whatsapp.content_text import line_col
+from wacrm.whatsapp.twilio_errors import TWILIO_ERROR_TABLE
 
 CONTENT_SIDS_SETTING = "WACRM_TWILIO_CONTENT_SIDS"
 _CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")  # twilio.com/docs/api/errors/21655
 _MEDIA_KINDS = ("image", "document", "video", "audio")
+# Twilio's limit for Body and for each ContentVariables value, in characters, on every
+# channel: https://www.twilio.com/docs/api/errors/21617 ("The concatenated message body
+# exceeds the 1600 character limit"), https://www.twilio.com/docs/api/errors/21658
+# ("Parameter exceeded character limit": a Content template variable value, too), and
+# https://support.twilio.com/hc/en-us/articles/360033806753 (WhatsApp included). Counted as
+# Python counts (code points): a text Twilio counts longer still costs one request, which
+# 21617 then fails without a retry.
+MAX_BODY = 1600
+BODY_TOO_LONG = 21617
+VARIABLE_TOO_LONG = 21658
 
 # (template name, language code or None for any language) → Content SID
 ContentSids = Mapping[tuple[str, str | None], str]
@@ -76,6 +93,20 @@ def _unsupported(kind: str, why: str) -> NotSendable:
     return NotSendable("twilio_unsupported", f"{kind} not supported by Twilio", why)
 
 
+def _refuse_long(value: str, where: str, parameter: str, code: int) -> None:
+    """Raise :class:`NotSendable` with Twilio's ``code`` if ``value`` is over its limit."""
+    if len(value) <= MAX_BODY:
+        return
+    line, col = line_col(value, MAX_BODY)
+    raise NotSendable(
+        str(code),
+        TWILIO_ERROR_TABLE[code].title,
+        f"{where} is {len(value)} characters; Twilio's limit for {parameter} is {MAX_BODY} "
+        f"({len(value) - MAX_BODY} over, from line {line}, column {col}); Twilio would refuse "
+        f"it with {code}",
+    )
+
+
 def _template(template: Any, to: str, content_sids: ContentSids) -> TwilioRequest:
     if not isinstance(template, Mapping) or not template.get("name"):
         raise _unsupported("template", "the stored template has no name")
@@ -108,7 +139,14 @@ def _template(template: Any, to: str, content_sids: ContentSids) -> TwilioReques
                     "template",
                     f"template {name}: only text parameters map to ContentVariables, not {kind}",
                 )
-            variables[str(len(variables) + 1)] = str(parameter.get("text", ""))
+            key = str(len(variables) + 1)
+            variables[key] = str(parameter.get("text", ""))
+            _refuse_long(
+                variables[key],
+                f"template {name} body parameter {key}",
+                f'the ContentVariables value "{key}"',
+                VARIABLE_TOO_LONG,
+            )
     return TwilioRequest(to=to, content_sid=sid, content_variables=variables or None)
 
 
@@ -123,6 +161,7 @@ def twilio_request(body: Mapping[str, Any], content_sids: ContentSids) -> Twilio
         value = text.get("body") if isinstance(text, Mapping) else None
         if not value:
             raise _unsupported("text", "the text message has no body")
+        _refuse_long(str(value), "text.body", "Body", BODY_TOO_LONG)
         return TwilioRequest(to=to, body=str(value))
     if kind in _MEDIA_KINDS:
         media = body.get(kind)
@@ -134,6 +173,8 @@ def twilio_request(body: Mapping[str, Any], content_sids: ContentSids) -> Twilio
                 "(MediaUrl); give a link",
             )
         caption = media.get("caption") if isinstance(media, Mapping) else None
+        if caption:
+            _refuse_long(str(caption), f"{kind}.caption", "Body", BODY_TOO_LONG)
         return TwilioRequest(to=to, body=str(caption) if caption else None, media_url=str(link))
     if kind == "template":
         return _template(body.get("template"), to, content_sids)

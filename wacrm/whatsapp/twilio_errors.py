@@ -31,6 +31,10 @@ code   Twilio's title                                        what the page says 
                                                              of this account (or pending)
 21655  The ContentSid is Invalid                             wrong/deleted HX sid
 21619  A Message Body, Media URL or Content SID is required  fix the request
+21617  The concatenated message body exceeds the 1600        shorten Body to 1,600 characters
+       character limit                                       (every channel, WhatsApp too)
+21658  Parameter exceeded character limit                    shorten Body, or each
+                                                             ContentVariables value, to 1,600
 63021  Channel invalid content error                        unsupported media / too long
 63012  (WhatsApp 500/1011/1014/1023, internal errors)        retry
 =====  ====================================================  =================================
@@ -126,6 +130,24 @@ TWILIO_ERROR_TABLE: Mapping[int, ErrorRule] = error_table(
         A.FIX_REQUEST,
         "Body, MediaUrl or ContentSid required",
         "The request had nothing to send; fix the request.",
+    ),
+    # twilio.com/docs/api/errors/21617 and support.twilio.com/hc/en-us/articles/
+    # 360033806753: "Body" is at most 1,600 characters on every channel, WhatsApp included.
+    (
+        (21617,),
+        A.FIX_REQUEST,
+        "Body over 1,600 characters",
+        "The message Body is longer than Twilio's 1,600-character limit (WhatsApp included); "
+        "shorten the message. Not retried: the same request would be refused again.",
+    ),
+    # twilio.com/docs/api/errors/21658: Body, or a Content template's ContentVariables value,
+    # over its limit (1,600 characters; lower for some template fields).
+    (
+        (21658,),
+        A.FIX_REQUEST,
+        "Parameter over its character limit",
+        "Body or a ContentVariables value is longer than Twilio allows (1,600 characters, less "
+        "for some template fields); shorten it. Not retried.",
     ),
     (
         (63021,),
