@@ -31,10 +31,12 @@ from whatsapp_support import (
 from wacrm.cli import cli
 from wacrm.config import Settings
 from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox
-from wacrm.store import create_store_engine
+from wacrm.store import create_store_engine, migrate
+from wacrm.store.accounts import ensure_account
+from wacrm.store.schema import contacts
 from wacrm.whatsapp.meta_bodies import text_message
 from wacrm.whatsapp.meta_send import CloudApiClient
-from wacrm.workers.whatsapp_send import build_body, send_now
+from wacrm.workers.whatsapp_send import build_body, recipient_e164, send_now
 
 
 @pytest.fixture
@@ -238,3 +240,90 @@ def test_given_no_phone_number_id_when_wacrm_send_then_usage_error(tmp_path: Pat
 
     assert result.exit_code == 2
     assert "WACRM_WHATSAPP_PHONE_NUMBER_ID" in result.output
+
+
+def _cli_env(tmp_path: Path, base_url: str) -> dict[str, str]:
+    return {
+        "WACRM_CONFIG": str(tmp_path / "none.toml"),
+        "WACRM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "WACRM_WHATSAPP_API_BASE_URL": base_url,
+        "WACRM_WHATSAPP_ACCESS_TOKEN": TOKEN,
+        "WACRM_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+    }
+
+
+def test_given_contact_prefers_portuguese_when_wacrm_send_template_then_sent_in_pt_br(
+    loopback_sandbox: tuple[str, WhatsAppSandbox], tmp_path: Path
+) -> None:
+    base_url, sandbox = loopback_sandbox
+    env = _cli_env(tmp_path, base_url)
+    runner = CliRunner()
+    store = create_store_engine(env["WACRM_DATABASE_URL"])
+    migrate(store)
+    contact = add_contact(store, ensure_account(store, "default"), ALICE, None)
+    with store.begin() as conn:
+        conn.execute(contacts.update().where(contacts.c.id == contact).values(language="pt"))
+    store.dispose()
+
+    chosen = runner.invoke(cli, ["send", "--to", ALICE, "--template", "order_update"], env=env)
+    explicit = runner.invoke(
+        cli, ["send", "--to", ALICE, "--template", "order_update", "--lang", "es"], env=env
+    )
+    unknown = runner.invoke(cli, ["send", "--to", BOB, "--template", "order_update"], env=env)
+
+    assert chosen.exit_code == explicit.exit_code == unknown.exit_code == 0, chosen.output
+    languages = [s.body["template"]["language"]["code"] for s in sandbox.sent]
+    assert languages == ["pt_BR", "es", "en_US"]
+    assert "template language pt_BR (the contact's preference)" in chosen.output
+
+
+@pytest.mark.parametrize(
+    ("to", "reason"),
+    [
+        ("+1650555", "+1650555: too short for country code +1"),
+        ("+999123456789", "unknown country code"),
+        ("07700 900123", "add the country code"),
+    ],
+)
+def test_given_not_a_phone_number_when_wacrm_send_then_one_line_naming_it_exit_2(
+    loopback_sandbox: tuple[str, WhatsAppSandbox], tmp_path: Path, to: str, reason: str
+) -> None:
+    base_url, sandbox = loopback_sandbox
+
+    result = CliRunner().invoke(
+        cli, ["send", "--to", to, "--text", "Hi"], env=_cli_env(tmp_path, base_url)
+    )
+
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"wacrm: error: --to {to}") and reason in line
+    assert sandbox.sent == []
+
+
+def test_given_national_format_with_trunk_zero_when_normalised_then_the_right_number() -> None:
+    # A regex would keep the (0): +4402079460018, somebody else's number.
+    assert recipient_e164("+44 (0)20 7946 0018") == "+442079460018"
+    assert recipient_e164("16505551234") == ALICE  # a WhatsApp id: digits, country first
+    assert recipient_e164("020 7946 0018", "GB") == "+442079460018"
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "code"),
+    [("huge.jpg", 6 * 1024 * 1024, "media-too-large"), ("anim.gif", 1024, "media-type")],
+)
+def test_given_media_meta_would_refuse_when_wacrm_send_then_refused_before_upload(
+    loopback_sandbox: tuple[str, WhatsAppSandbox], tmp_path: Path, name: str, size: int, code: str
+) -> None:
+    base_url, sandbox = loopback_sandbox
+    path = tmp_path / name
+    with path.open("wb") as fh:
+        fh.truncate(size)
+
+    result = CliRunner().invoke(
+        cli, ["send", "--to", ALICE, "--media", str(path)], env=_cli_env(tmp_path, base_url)
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "refused by the content policy" in result.output and code in result.output
+    assert sandbox.media._media == {}  # nothing uploaded
+    assert sandbox.sent == []

@@ -223,7 +223,11 @@ def sandbox_whatsapp(
 @click.option("--to", "to", required=True, metavar="+E164", help="Recipient, with country code.")
 @click.option("--text", help="Free-form text (only within 24 h of the user's last message).")
 @click.option("--template", metavar="NAME", help="An approved template.")
-@click.option("--lang", default="en_US", show_default=True, help="Template language code.")
+@click.option(
+    "--lang",
+    help="Template language code (e.g. es, pt_BR); default: the contact's language "
+    "preference, else en_US.",
+)
 @click.option("--param", "params", multiple=True, help="Template body parameter, in order.")
 @click.option("--media", metavar="FILE_OR_URL", help="A file to upload, or a public URL.")
 @click.option("--caption", help="Caption for --media.")
@@ -246,7 +250,7 @@ def send_cmd(
     to: str,
     text: str | None,
     template: str | None,
-    lang: str,
+    lang: str | None,
     params: tuple[str, ...],
     media: str | None,
     caption: str | None,
@@ -262,24 +266,40 @@ def send_cmd(
     from wacrm.store.accounts import register_number
     from wacrm.whatsapp.content_policy import ContentPolicy, blocking, lint_send_body
     from wacrm.whatsapp.meta_send import CloudApiClient, SendError
+    from wacrm.whatsapp.template_language import template_language
     from wacrm.whatsapp.twilio_send import TwilioSender
     from wacrm.workers.whatsapp_send import (
         build_body,
         check_sendable,
         choose_route,
+        contact_language,
         local_media,
+        local_media_findings,
+        recipient_e164,
         send_now,
     )
 
     settings = settings_from(ctx)
     try:
         route = choose_route(settings, provider, from_number)
+        to = recipient_e164(to, settings.default_region)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     content_policy = ContentPolicy.from_settings(settings)
+    # A file Meta would refuse (size, type) is refused before it is uploaded.
+    refused = blocking(local_media_findings(media, content_policy), content_policy)
+    if refused:
+        raise UsageError(
+            "refused by the content policy: " + "; ".join(f"{f.code}: {f.message}" for f in refused)
+        )
     engine = open_store(settings)
     try:
         account_id = ensure_default_account(engine, settings)
+        if template is not None and lang is None:
+            preference = contact_language(engine, account_id, to)
+            lang = template_language(preference, "en_US")
+            if preference:
+                click.echo(f"wacrm: template language {lang} (the contact's preference)", err=True)
         if route.provider == "twilio":
             try:
                 register_number(engine, account_id, route.phone_number_id, provider="twilio")
@@ -295,7 +315,7 @@ def send_cmd(
                     phone_number_id=route.phone_number_id,
                     text=text,
                     template=template,
-                    language=lang,
+                    language=lang or "en_US",
                     params=params,
                     media=media,
                     caption=caption,

@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from wacrm.config import Settings
+from wacrm.phone import PhoneError, normalize, normalize_wa_id
 from wacrm.store.schema import contacts, messages, wa_outbox
 from wacrm.store.whatsapp_outbox import enqueue_send
+from wacrm.whatsapp.content_policy import ContentPolicy, Finding, lint_media_file
 from wacrm.whatsapp.meta_bodies import (
     MediaKind,
     body_parameters,
@@ -99,6 +101,37 @@ def choose_route(settings: Settings, provider: str | None, from_number: str | No
             "international number: use + and the country code"
         ) from None
     return Route(TWILIO, whatsapp_address(e164))
+
+
+def recipient_e164(to: str, region: str | None = None) -> str:
+    """``--to`` as E.164, validated for its country (``+44 (0)20 7946 0018`` →
+    ``+442079460018``); a WhatsApp id (digits, country code first) is taken as one.
+    ``ValueError`` naming the number and why it is not one."""
+    try:
+        return normalize_wa_id(to) if to.strip().isdigit() else normalize(to, region or None)
+    except PhoneError as exc:
+        raise ValueError(f"--to {exc}") from None
+
+
+def contact_language(engine: Engine, account_id: int, phone: str) -> str | None:
+    """The language preference of the contact with ``phone``, if there is one."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(contacts.c.language).where(
+                contacts.c.account_id == account_id, contacts.c.phone == phone
+            )
+        ).scalar()
+    return str(found) if found else None
+
+
+def local_media_findings(media: str | None, policy: ContentPolicy) -> list[Finding]:
+    """Size and type findings for a local ``--media`` file, before it is uploaded (a file
+    Meta would refuse is not uploaded first); none for a URL or no media."""
+    if media is None or is_url(media) or not Path(media).is_file():
+        return []
+    path = Path(media)
+    kind = media_kind(mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+    return lint_media_file(path, kind, policy)
 
 
 def check_sendable(route: Route, body: dict[str, Any], settings: Settings) -> None:
