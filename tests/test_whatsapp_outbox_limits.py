@@ -204,6 +204,24 @@ def test_given_whatsapp_mps_setting_when_worker_built_then_paced_at_that_rate(
     assert clock.now - start == timedelta(seconds=40 / (20 * worker.policy.mps_headroom))
 
 
+def test_given_many_pair_rate_delays_when_a_real_error_follows_then_it_still_gets_retries(
+    engine: Engine, account_id: int, clock: Clock, alice: int
+) -> None:
+    graph = Graph(*[graph_error(131056)] * 8, graph_error(131000))
+    _, outbox_id = add_outbound(
+        engine, account_id, text_message(ALICE, "hi"), at=clock.now, contact_id=alice
+    )
+    worker = make_worker(engine, clock, graph.client())
+
+    for _ in range(12):
+        worker.process_due()
+        clock.advance(1100)  # past the longest pair delay (4^5 s)
+
+    row = outbox_row(engine, outbox_id)
+    assert len(graph.bodies) == 10  # 8 pair-rate refusals, one 131000, then accepted
+    assert (row.state, row.attempts) == ("sent", 2)  # only the 131000 and the send count
+
+
 def test_given_token_bucket_when_reserving_then_waits_are_rate_spaced() -> None:
     bucket = TokenBucket(rate=2, capacity=2)
 

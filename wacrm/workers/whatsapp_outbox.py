@@ -492,7 +492,9 @@ class WhatsAppOutboxWorker:
         """Try again after ``delay`` (backoff by default), within the attempt and age bounds;
         the recipient's later messages wait behind it."""
         now = self._clock()
-        attempts = job.attempts + 1
+        # A delay that is not the message's fault (the recipient's pair rate) is no attempt:
+        # counted, it would leave a later real failure fewer tries.
+        attempts = job.attempts + 1 if count else job.attempts
         if delay is None:
             delay = backoff_seconds(attempts, self.policy, self._jitter())
         too_many = count and attempts >= self.policy.max_attempts
