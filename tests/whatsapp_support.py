@@ -72,6 +72,7 @@ def add_outbound(
     contact_id: int | None = None,
     fallback: dict[str, Any] | None = None,
     state: str = "pending",
+    phone_number_id: str = PHONE_NUMBER_ID,
 ) -> tuple[int, int]:
     with engine.begin() as conn:
         message = conn.execute(
@@ -92,7 +93,7 @@ def add_outbound(
             wa_outbox.insert().values(
                 account_id=account_id,
                 message_id=message[0],
-                phone_number_id=PHONE_NUMBER_ID,
+                phone_number_id=phone_number_id,
                 recipient=body["to"],
                 request=json.dumps(body),
                 fallback_request=json.dumps(fallback) if fallback else None,

@@ -735,6 +735,10 @@ cli.add_command(hooks_group)
 from wacrm.store.secrets_cli import secrets_group  # noqa: E402
 
 cli.add_command(secrets_group)
+# [numbers]
+from wacrm.store.numbers_cli import numbers_group  # noqa: E402
+
+cli.add_command(numbers_group)
 
 
 def main(argv: list[str] | None = None) -> None:

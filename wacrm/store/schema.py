@@ -247,6 +247,21 @@ wa_outbox = Table(
 )
 Index("ix_wa_outbox_due", wa_outbox.c.state, wa_outbox.c.next_attempt_at)
 
+# Who sends from a business number now, and whether sending from it is halted. The mps and
+# pair limits are per number, and two senders each pacing for itself send twice the rate, so
+# one outbox worker at a time holds a number (a lease, renewed while it sends), across
+# processes and machines. A halt (account restricted, number not registered…) stays until
+# ops resume the number (`wacrm numbers resume`), whatever restarts in between.
+sending_numbers = Table(
+    "sending_numbers",
+    metadata,
+    Column("phone_number_id", String(64), primary_key=True),
+    Column("sender", String(120)),  # the outbox worker holding the lease
+    _ts("lease_until"),
+    Column("halted_reason", Text),
+    _ts("halted_at"),
+)
+
 # Changes waiting to be written to the CRM; one pending row per record (coalesced).
 crm_outbox = Table(
     "crm_outbox",

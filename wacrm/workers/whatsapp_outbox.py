@@ -43,6 +43,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from wacrm.config import Settings
+from wacrm.store.sending_numbers import halt_in, halted_numbers, release_leases, sender_name
+from wacrm.store.sending_numbers import resume as resume_numbers
 from wacrm.whatsapp.content_policy import ContentPolicy, blocking, lint_send_body
 from wacrm.whatsapp.errors import SendAction
 from wacrm.whatsapp.meta_send import CloudApiClient, SendError
@@ -115,6 +117,11 @@ class WhatsAppOutboxWorker:
         self._sleep = sleep
         self._jitter = jitter
         self.halted: dict[str, str] = {}  # phone_number_id → why sending stopped (ops alert)
+        # Halts also written to sending_numbers (the claim skips them, in every process,
+        # until `wacrm numbers resume`); each pass checks whether they still hold.
+        self._halts_stored: set[str] = set()
+        # This worker's hold on the numbers it sends from (one sender per number).
+        self._leases = queue.NumberLeases(sender_name(), self.policy.number_lease)
         self._paused_until: dict[str, datetime] = {}  # phone_number_id → throttled until
         self._creds_paused_until: dict[str, datetime] = {}  # provider → credentials invalid
         self._pair_hits: dict[tuple[str, str], int] = {}  # consecutive 131056 per recipient
@@ -152,6 +159,8 @@ class WhatsAppOutboxWorker:
         return worker
 
     def close(self) -> None:
+        """Free this worker's numbers and close the HTTP client it made."""
+        self.release_numbers()
         if self._owned_http is not None:
             self._owned_http.close()
             self._owned_http = None
@@ -164,7 +173,19 @@ class WhatsAppOutboxWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send whatever is due, then wait for :meth:`wake` or the poll interval."""
-        await self._thread.run(stop)
+        try:
+            await self._thread.run(stop)
+        finally:
+            self.release_numbers()
+
+    def release_numbers(self) -> None:
+        """Free the numbers this worker holds at once: another sender (a restarted server,
+        another machine) need not wait for the leases to run out."""
+        try:
+            release_leases(self._engine, self._leases.name)
+        except Exception as exc:  # the store may be gone; the leases then simply run out
+            log.warning("number leases not released: %s", type(exc).__name__)
+        self._leases.forget()
 
     def _step(self) -> float:
         try:
@@ -194,6 +215,7 @@ class WhatsAppOutboxWorker:
             lease=self.policy.lease,
             skip_numbers=self._blocked_numbers(now),
             skip_providers=self._blocked_providers(now),
+            sender=self._leases,
         )
 
     def hand_over(self, jobs: Sequence[Job]) -> None:
@@ -211,18 +233,27 @@ class WhatsAppOutboxWorker:
                 return jobs
 
     def resume(self, phone_number_id: str | None = None) -> None:
-        """Ops fixed the account: send again from ``phone_number_id`` (or every number)."""
+        """Ops fixed the account: send again from ``phone_number_id`` (or every number),
+        in every process (as ``wacrm numbers resume`` does)."""
+        resume_numbers(self._engine, phone_number_id)
         if phone_number_id is None:
             self.halted.clear()
+            self._halts_stored.clear()
             self._creds_paused_until.clear()
         else:
             self.halted.pop(phone_number_id, None)
+            self._halts_stored.discard(phone_number_id)
 
     # -- one pass ---------------------------------------------------------------------------
 
     def process_due(self) -> int:
         """Claim and handle the rows due now; returns how many were handled."""
         now = self._clock()
+        if self._halts_stored:  # lifted meanwhile by `wacrm numbers resume`?
+            still = halted_numbers(self._engine, self._halts_stored)
+            for number in self._halts_stored - still:
+                self.halted.pop(number, None)
+            self._halts_stored &= still
         # Jobs handed over go before anything is claimed: a customer is waiting for them,
         # and a claim first would put a transaction in front. A pass that handled something
         # is followed by another at once, which claims.
@@ -262,6 +293,7 @@ class WhatsAppOutboxWorker:
             lease=self.policy.lease,
             skip_numbers=self._blocked_numbers(now),
             skip_providers=skip_providers,
+            sender=self._leases,
         )
 
     # -- one row ----------------------------------------------------------------------------
@@ -330,7 +362,8 @@ class WhatsAppOutboxWorker:
         except NotSendable as exc:
             self._fail(job, exc.code, exc.reason, exc.title)
         except NoSender as exc:
-            self._halt(job, str(exc), "configure it, then restart")
+            # Not stored: the fix is configuration, and the restart it needs lifts the halt.
+            self._halt(job, str(exc), "configure it, then restart", store=False)
         return None
 
     def _pace(self, job: Job, held: dict[tuple[str, str], datetime]) -> bool:
@@ -464,16 +497,23 @@ class WhatsAppOutboxWorker:
                 flag=action is SendAction.NEVER_RETRY_FLAG_CONTACT,
             )
 
-    def _halt(self, job: Job, why: str, explanation: str) -> None:
-        """Stop sending from the number until :meth:`resume` (an ops alert)."""
-        self.halted[job.phone_number_id] = why
+    def _halt(self, job: Job, why: str, explanation: str, *, store: bool = True) -> None:
+        """Stop sending from the number (an ops alert); a ``store``d halt holds in every
+        process and across restarts until the number is resumed."""
+        number, now = job.phone_number_id, self._clock()
+        self.halted[number] = why
+        resume = f" Once fixed: wacrm numbers resume {number}" if store else ""
         log.critical(
-            "ALERT: sending from WhatsApp number %s halted: %s. %s",
-            job.phone_number_id,
+            "ALERT: sending from WhatsApp number %s halted: %s. %s%s",
+            number,
             why,
             explanation,
+            resume,
         )
-        self._release(job, self._clock())
+        if store:
+            self._outcomes.add(job.id, lambda conn: halt_in(conn, number, why, now))
+            self._halts_stored.add(number)
+        self._release(job, now)
 
     def _release(self, job: Job, at: datetime) -> None:
         self._outcomes.add(job.id, lambda conn: queue.release_in(conn, job, at))

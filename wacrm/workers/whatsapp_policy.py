@@ -41,6 +41,9 @@ class OutboxPolicy:
     credentials_pause: timedelta = timedelta(minutes=5)
     template_pause: timedelta = timedelta(hours=3)  # how long a paused template is avoided
     poll_interval: float = 1.0
+    # How long this worker holds a number it sends from (sending_numbers), renewed while it
+    # sends: the longest another sender waits for a number whose worker died.
+    number_lease: timedelta = timedelta(seconds=30)
     mps: float | None = 80.0  # per business number; None: no local throughput limit
     # The pacer sends at mps × mps_headroom. At exactly the mps, sends leave 1/mps s apart
     # and a few ms of network jitter put mps + 1 into one of Meta's 1 s windows: 130429,

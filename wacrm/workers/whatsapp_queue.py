@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,15 +21,18 @@ from sqlalchemy import (
     Engine,
     Integer,
     Select,
+    and_,
     bindparam,
     exists,
     func,
     literal,
+    or_,
     select,
 )
 
 from wacrm.model import DeliveryStatus, advance_status
-from wacrm.store.schema import contacts, messages, wa_outbox, whatsapp_numbers
+from wacrm.store.schema import contacts, messages, sending_numbers, wa_outbox, whatsapp_numbers
+from wacrm.store.sending_numbers import take_leases
 from wacrm.workers.whatsapp_policy import flag_contact
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,20 @@ def _claim_query(postgres: bool, skipping: bool, skipping_providers: bool) -> Se
     earlier = wa_outbox.alias("earlier")
     now = bindparam("now", type_=o.c.next_attempt_at.type)
     provider = func.coalesce(whatsapp_numbers.c.provider, literal(DEFAULT_PROVIDER))
+    # A number is ours to send from when nobody holds it, we do, or the holder's lease ran
+    # out; never while it is halted (see wacrm.store.sending_numbers).
+    held = sending_numbers
+    ours = or_(
+        held.c.phone_number_id.is_(None),
+        and_(
+            held.c.halted_reason.is_(None),
+            or_(
+                held.c.sender.is_(None),
+                held.c.sender == bindparam("sender", type_=held.c.sender.type),
+                held.c.lease_until <= now,
+            ),
+        ),
+    )
     waiting_before = exists().where(
         earlier.c.phone_number_id == o.c.phone_number_id,
         earlier.c.recipient == o.c.recipient,
@@ -104,7 +121,9 @@ def _claim_query(postgres: bool, skipping: bool, skipping_providers: bool) -> Se
         # Read here, in the claim, rather than in a transaction of its own per send.
         .outerjoin(contacts, contacts.c.id == messages.c.contact_id)
         .outerjoin(whatsapp_numbers, whatsapp_numbers.c.phone_number_id == o.c.phone_number_id)
+        .outerjoin(held, held.c.phone_number_id == o.c.phone_number_id)
         .where(o.c.state.in_(("pending", "sending")), o.c.next_attempt_at <= now)
+        .where(ours)
         .where(~waiting_before)
         .order_by(o.c.id)
         .limit(bindparam("limit", type_=Integer()))
@@ -133,6 +152,7 @@ def claim(
     lease: timedelta,
     skip_numbers: list[str],
     skip_providers: Sequence[str] = (),
+    sender: NumberLeases | None = None,
 ) -> list[Job]:
     """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``, in a
     transaction of its own; see :func:`claim_in`."""
@@ -144,7 +164,34 @@ def claim(
             lease=lease,
             skip_numbers=skip_numbers,
             skip_providers=skip_providers,
+            sender=sender,
         )
+
+
+class NumberLeases:
+    """One sender's hold on the numbers it sends from (``sending_numbers``): its name, how
+    long a lease lasts, and until when it holds each number, so a claim renews a lease only
+    once half of it has passed rather than writing it every time."""
+
+    def __init__(self, name: str, duration: timedelta) -> None:
+        self.name = name
+        self.duration = duration
+        self._until: dict[str, datetime] = {}
+
+    def renew_in(self, conn: Connection, numbers: Iterable[str], now: datetime) -> None:
+        """Take or renew, in the claim's transaction, the leases of ``numbers`` (whose rows
+        it just claimed) that are not held for at least half a lease more."""
+        soon = now + self.duration / 2
+        due = sorted({n for n in numbers if self._until.get(n, now) < soon})
+        if due:
+            until = now + self.duration
+            take_leases(conn, due, self.name, until, now)
+            for number in due:
+                self._until[number] = until
+
+    def forget(self) -> None:
+        """The leases were released (or may have been lost): take them anew next time."""
+        self._until.clear()
 
 
 def claim_in(
@@ -155,20 +202,27 @@ def claim_in(
     lease: timedelta,
     skip_numbers: list[str],
     skip_providers: Sequence[str] = (),
+    sender: NumberLeases | None = None,
 ) -> list[Job]:
     """Lease up to ``limit`` due rows, oldest first, moving them to ``sending``, in the
     caller's transaction: the jobs are the caller's to send once it has committed.
 
     A row is not due while an earlier row to the same recipient waits (order is kept), and
     a ``sending`` row whose lease ran out is due again (its worker died). Rows of numbers
-    in ``skip_numbers``, or whose provider is in ``skip_providers``, are left alone.
+    in ``skip_numbers``, or whose provider is in ``skip_providers``, are left alone, and so
+    are rows of halted numbers and of numbers another sender holds (``sending_numbers``);
+    ``sender`` takes or renews the lease of the numbers it claims rows of.
     """
     postgres = conn.dialect.name == "postgresql"
     if postgres:
         # Without this, two workers could each see the other's not-yet-committed claim
         # as still pending and send one recipient's messages out of order.
         conn.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
-    params: dict[str, Any] = {"now": now, "limit": limit}
+    params: dict[str, Any] = {
+        "now": now,
+        "limit": limit,
+        "sender": sender.name if sender is not None else None,
+    }
     if skip_numbers:
         params["skip"] = skip_numbers
     if skip_providers:
@@ -177,6 +231,8 @@ def claim_in(
     rows = conn.execute(query, params).all()
     if rows:
         conn.execute(_LEASE, {"ids": [r.id for r in rows], "until": now + lease})
+        if sender is not None:
+            sender.renew_in(conn, (str(r.phone_number_id) for r in rows), now)
     return [
         Job(
             id=int(r.id),

@@ -271,6 +271,21 @@ def send_now(
         clock=clock,
         sleep=sleep,
     )
+    try:
+        return _until_settled(engine, worker, message_id, outbox_id, timeout, clock, sleep)
+    finally:
+        worker.release_numbers()  # the server's sender takes over the number at once
+
+
+def _until_settled(
+    engine: Engine,
+    worker: WhatsAppOutboxWorker,
+    message_id: int,
+    outbox_id: int,
+    timeout: float,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+) -> SendOutcome:
     deadline = clock().timestamp() + timeout
     while True:
         worker.process_due()
