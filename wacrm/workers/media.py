@@ -9,9 +9,17 @@ The worker finds its work in the ``messages`` table (inbound image, document, vi
 sticker rows), so it needs nothing from the inbox processor: each such message gets one
 ``media`` row, which moves ``pending`` → ``stored`` (file at ``media_dir/<account>/<sha256>.<ext>``,
 written to a temporary name, fsync'd, then renamed) or ``failed`` with the reason. A transient
-failure (5xx, 429, timeout, connection error, a 404 URL) is retried with exponential backoff
-and jitter, bounded by attempts and by the media id's lifetime; the message row is never
-touched, so an attachment that cannot be had never costs the message (Chatwoot #15754).
+failure (5xx, 429, timeout, connection error, a 404 URL, a full or failing disk, a refused
+token) is retried with exponential backoff, capped per wait and jittered, until
+``created_at + give_up_after`` (within the media id's lifetime) and, if ``max_attempts`` is
+set, that many attempts; the message row is never touched, so an attachment that cannot be
+had never costs the message (Chatwoot #15754).
+
+Several workers (``wacrm serve`` processes on one PostgreSQL) share the table: a worker claims
+due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write lock serialises) and
+leases them by pushing ``next_attempt_at`` forward in the same transaction. Every outcome is
+written only if the row is still the one claimed (``pending``, same ``attempts``, same
+lease), so a worker whose lease ran out cannot overwrite a newer outcome.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 import mimetypes
 import os
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,10 +69,18 @@ _EXTENSIONS = {
     "video/3gpp": ".3gp",
 }
 _MEDIA_TYPE_NAMES = sorted(t.value for t in MEDIA_TYPES)
+# Cloud API media ids are numeric; anything else must not reach the Graph URL's path.
+_MEDIA_ID = re.compile(r"[0-9]+")
+_TOKEN_SETTING = "WACRM_WHATSAPP_ACCESS_TOKEN"
+_MAX_DOUBLINGS = 32  # 2**32 base waits is far past any cap: keeps timedelta from overflowing
 
 
 class _Transient(Exception):
     """Worth trying again later."""
+
+
+class _Unauthorized(_Transient):
+    """The access token was refused (401/403): waits for an operator, costs no attempt."""
 
 
 class _Permanent(Exception):
@@ -87,6 +104,30 @@ def sha256_matches(expected: str, digest: bytes) -> bool:
     with contextlib.suppress(binascii.Error, ValueError):
         return base64.b64decode(value, validate=True) == digest
     return False
+
+
+def _checked_media_id(media_id: str | None) -> str:
+    """The id if it is a Cloud API media id (ASCII digits only); raises :class:`_Permanent`
+    otherwise, as it would put another Graph path, with our token, in the look-up URL."""
+    if media_id is None or not _MEDIA_ID.fullmatch(media_id):
+        shown = repr(media_id[:40]) if media_id is not None else "none"
+        raise _Permanent(f"the media id {shown} is not numeric; it was not looked up")
+    return media_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A claimed ``media`` row: what fetching it needs, and what identifies the claim."""
+
+    id: int
+    account_id: int
+    provider_message_id: str
+    media_id: str | None
+    sha256: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    leased_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +154,12 @@ class MediaWorker:
         poll_seconds: float = 2.0,
         batch_size: int = 20,
         concurrency: int = 4,
-        max_attempts: int = 8,
+        max_attempts: int | None = None,  # None: bounded by ``give_up_after`` alone
         backoff_base: timedelta = timedelta(seconds=5),
         backoff_cap: timedelta = timedelta(minutes=30),
         give_up_after: timedelta = timedelta(days=6),  # media ids live 7 days
         rescan_every: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(minutes=15),  # a claim's hold: longer than one fetch
     ) -> None:
         self._engine = engine
         self._given_client = client
@@ -134,6 +176,8 @@ class MediaWorker:
         self._base = backoff_base
         self._cap = backoff_cap
         self._give_up_after = give_up_after
+        self._lease = lease
+        self._token_refused = False  # logged once until a fetch succeeds again
         # Discovery reads messages after a high-water mark, and from the start again every
         # ``rescan_every``: with several processors a lower id can commit after a higher one.
         self._after_message_id = 0
@@ -181,17 +225,22 @@ class MediaWorker:
         return self._poll
 
     async def run_once(self) -> int:
-        """Discover new media messages, then try every due row once; returns rows tried."""
+        """Discover new media messages, then claim the due rows and try each once; returns
+        rows tried. One attempt failing in an unforeseen way (its outcome not written, say)
+        is logged and leaves the others be; its row is tried again once the lease is over."""
         await asyncio.to_thread(self.discover)
-        due = await asyncio.to_thread(self._due)
+        jobs = await asyncio.to_thread(self._claim)
         limit = asyncio.Semaphore(self._concurrency)
 
-        async def one(row: Any) -> None:
+        async def one(job: _Job) -> None:
             async with limit:
-                await self._attempt(row)
+                try:
+                    await self._attempt(job)
+                except Exception:
+                    logger.exception("media of message %s: attempt failed", job.provider_message_id)
 
-        await asyncio.gather(*(one(row) for row in due))
-        return len(due)
+        await asyncio.gather(*(one(job) for job in jobs))
+        return len(jobs)
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -276,56 +325,122 @@ class MediaWorker:
 
     # -- attempts ----------------------------------------------------------------------------
 
-    def _due(self) -> list[Any]:
-        with self._engine.connect() as conn:
-            return list(
+    def _claim(self) -> list[_Job]:
+        """Lease up to ``batch_size`` due rows: ``next_attempt_at`` moves to the lease's end in
+        the claiming transaction, so no other worker takes them meanwhile."""
+        now = self._clock()
+        until = now + self._lease
+        query = (
+            select(media)
+            .where(media.c.state == "pending", media.c.next_attempt_at <= now)
+            .order_by(media.c.next_attempt_at, media.c.id)
+            .limit(self._batch)
+        )
+        with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = conn.execute(query).all()
+            if rows:
                 conn.execute(
-                    select(media)
-                    .where(media.c.state == "pending", media.c.next_attempt_at <= self._clock())
-                    .order_by(media.c.next_attempt_at, media.c.id)
-                    .limit(self._batch)
+                    media.update()
+                    .where(media.c.id.in_([r.id for r in rows]), media.c.state == "pending")
+                    .values(next_attempt_at=until)
                 )
+        return [
+            _Job(
+                id=int(r.id),
+                account_id=int(r.account_id),
+                provider_message_id=str(r.provider_message_id),
+                media_id=r.media_id,
+                sha256=r.sha256,
+                attempts=int(r.attempts),
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+                leased_until=until,
             )
+            for r in rows
+        ]
 
-    async def _attempt(self, row: Any) -> None:
+    async def _attempt(self, job: _Job) -> None:
         try:
-            fetched = await self.fetch(row.account_id, row.media_id, row.sha256)
+            fetched = await self.fetch(job.account_id, job.media_id, job.sha256)
+        except _Unauthorized as exc:
+            self._warn_token_refused(str(exc))
+            await asyncio.to_thread(self._retry_or_give_up, job, str(exc), counted=False)
+            return
         except _Transient as exc:
-            await asyncio.to_thread(self._retry_or_give_up, row, str(exc))
+            await asyncio.to_thread(self._retry_or_give_up, job, str(exc))
             return
         except _Permanent as exc:
-            await asyncio.to_thread(self._finish, row, "failed", error=str(exc))
-            logger.warning("media of message %s not stored: %s", row.provider_message_id, exc)
+            await asyncio.to_thread(self._finish, job, "failed", error=str(exc))
+            logger.warning("media of message %s not stored: %s", job.provider_message_id, exc)
             return
-        await asyncio.to_thread(self._finish, row, "stored", fetched=fetched)
+        except Exception as exc:  # a bug, say: logged, and retried like a transient failure
+            logger.exception("media of message %s: unexpected error", job.provider_message_id)
+            reason = f"unexpected error: {type(exc).__name__}"
+            await asyncio.to_thread(self._retry_or_give_up, job, reason)
+            return
+        if self._token_refused:
+            self._token_refused = False
+            logger.info("the WhatsApp access token is accepted again")
+        await asyncio.to_thread(self._finish, job, "stored", fetched=fetched)
 
-    def _retry_or_give_up(self, row: Any, reason: str) -> None:
-        now = self._clock()
-        attempts = row.attempts + 1
-        if attempts >= self._max_attempts or now - row.created_at >= self._give_up_after:
-            self._finish(row, "failed", error=f"gave up after {attempts} attempts: {reason}")
-            logger.warning("media of message %s given up: %s", row.provider_message_id, reason)
-            return
-        delay = min(self._cap, self._base * 2 ** (attempts - 1))
-        delay = delay * (0.5 + self._jitter() / 2)  # jitter: spread retries after an outage
-        with self._engine.begin() as conn:
-            conn.execute(
-                media.update()
-                .where(media.c.id == row.id)
-                .values(
-                    attempts=attempts, next_attempt_at=now + delay, error=reason, updated_at=now
-                )
+    def _warn_token_refused(self, reason: str) -> None:
+        if not self._token_refused:  # once, not once per attachment and pass
+            self._token_refused = True
+            logger.error(
+                "media fetches wait: %s. Set %s to a valid access token; attachments are "
+                "retried with backoff until then",
+                reason,
+                _TOKEN_SETTING,
             )
 
-    def _finish(
-        self, row: Any, state: str, *, fetched: Fetched | None = None, error: str | None = None
-    ) -> None:
+    def _retry_or_give_up(self, job: _Job, reason: str, *, counted: bool = True) -> None:
+        """Back off and try again later, or fail for good once the row is too old (or, with
+        ``max_attempts``, tried that often). An uncounted failure (a refused token) doubles
+        the previous wait instead of the attempt count."""
         now = self._clock()
+        attempts = job.attempts + 1 if counted else job.attempts
+        deadline = job.created_at + self._give_up_after
+        if counted and self._max_attempts is not None and attempts >= self._max_attempts:
+            self._give_up(job, attempts, f"gave up after {attempts} attempts: {reason}")
+            return
+        if now >= deadline:
+            tried = job.attempts + 1
+            self._give_up(
+                job, tried, f"gave up after {tried} attempts over {now - job.created_at}: {reason}"
+            )
+            return
+        if counted:
+            delay = self._base * 2 ** min(attempts - 1, _MAX_DOUBLINGS)
+        else:
+            delay = max(self._base, 2 * (now - job.updated_at))
+        delay = min(self._cap, delay) * (0.5 + self._jitter() / 2)  # spread retries after an outage
+        self._settle(
+            job,
+            {
+                "attempts": attempts,
+                "next_attempt_at": min(now + delay, deadline),  # one last try at the deadline
+                "error": reason,
+                "updated_at": now,
+            },
+        )
+
+    def _give_up(self, job: _Job, attempts: int, error: str) -> None:
+        if self._settle(
+            job,
+            {"state": "failed", "attempts": attempts, "error": error, "updated_at": self._clock()},
+        ):
+            logger.warning("media of message %s given up: %s", job.provider_message_id, error)
+
+    def _finish(
+        self, job: _Job, state: str, *, fetched: Fetched | None = None, error: str | None = None
+    ) -> None:
         values: dict[str, Any] = {
             "state": state,
-            "attempts": row.attempts + 1,
+            "attempts": job.attempts + 1,
             "error": error,
-            "updated_at": now,
+            "updated_at": self._clock(),
         }
         if fetched is not None:
             values.update(
@@ -334,12 +449,35 @@ class MediaWorker:
                 sha256=fetched.sha256,
                 file_size=fetched.size,
             )
+        self._settle(job, values)
+
+    def _settle(self, job: _Job, values: dict[str, Any]) -> bool:
+        """Write an outcome if the row is still as claimed; False if another worker has
+        claimed or settled it since (this worker's lease ran out): its outcome stands."""
         with self._engine.begin() as conn:
-            conn.execute(media.update().where(media.c.id == row.id).values(**values))
+            result = conn.execute(
+                media.update()
+                .where(
+                    media.c.id == job.id,
+                    media.c.state == "pending",
+                    media.c.attempts == job.attempts,
+                    media.c.next_attempt_at == job.leased_until,
+                )
+                .values(**values)
+            )
+        if result.rowcount == 1:
+            return True
+        logger.warning(
+            "media of message %s: outcome dropped, the row was claimed again meanwhile",
+            job.provider_message_id,
+        )
+        return False
 
     # -- fetching ----------------------------------------------------------------------------
 
-    async def fetch(self, account_id: int, media_id: str, announced_sha256: str | None) -> Fetched:
+    async def fetch(
+        self, account_id: int, media_id: str | None, announced_sha256: str | None
+    ) -> Fetched:
         """Look the media up, download it and store it; raises _Transient / _Permanent."""
         info = await self._look_up(media_id)
         url = info.get("url")
@@ -355,11 +493,10 @@ class MediaWorker:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token.reveal()}"}
 
-    async def _look_up(self, media_id: str) -> dict[str, Any]:
+    async def _look_up(self, media_id: str | None) -> dict[str, Any]:
+        path = _checked_media_id(media_id)  # before any request: the token goes with it
         try:
-            response = await self._client.get(
-                f"{self._graph_url}/{media_id}", headers=self._headers()
-            )
+            response = await self._client.get(f"{self._graph_url}/{path}", headers=self._headers())
         except httpx.TimeoutException:
             raise _Transient("media look-up timed out") from None
         except httpx.TransportError as exc:
@@ -377,8 +514,11 @@ class MediaWorker:
         self, url: str, account_id: int, mime: str | None, expected: list[str]
     ) -> Fetched:
         folder = self._dir / str(account_id)
-        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".part-")
+        try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".part-")
+        except OSError as exc:
+            raise _storage_failed(exc, folder) from None
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -388,8 +528,11 @@ class MediaWorker:
                     raise _Permanent("the downloaded bytes do not match the announced sha256")
             name = digest.hex() + extension_for(mime)
             await asyncio.to_thread(_publish, tmp, folder / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # network errors arrive as httpx's, not OSError
+                raise _storage_failed(exc, folder) from None
             raise
         return Fetched(f"{account_id}/{name}", mime, digest.hex(), size)
 
@@ -416,12 +559,22 @@ class MediaWorker:
         return hasher.digest(), size
 
 
+def _storage_failed(exc: OSError, folder: Path) -> _Transient:
+    """A full disk or a failing mount: worth trying again once an operator has seen to it."""
+    logger.warning("media storage in %s failed: %s", folder, exc)
+    return _Transient(f"storage: {exc.strerror or type(exc).__name__}")
+
+
 def _raise_for(response: httpx.Response, what: str) -> None:
     status = response.status_code
     if status == 200:
         return
-    if status == 429 or status >= 500 or status in (401, 408):
-        # 401: an expired token is fixed by refreshing it; bounded retries give time for it.
+    if status in (401, 403):
+        # An expired or revoked token is fixed by replacing it: wait for that.
+        raise _Unauthorized(
+            f"{what} answered HTTP {status}: the access token was refused ({_TOKEN_SETTING})"
+        )
+    if status == 429 or status >= 500 or status == 408:
         raise _Transient(f"{what} answered HTTP {status}")
     code = None
     with contextlib.suppress(ValueError, AttributeError):
