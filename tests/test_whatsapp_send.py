@@ -327,3 +327,18 @@ def test_given_media_meta_would_refuse_when_wacrm_send_then_refused_before_uploa
     assert "refused by the content policy" in result.output and code in result.output
     assert sandbox.media._media == {}  # nothing uploaded
     assert sandbox.sent == []
+
+
+def test_given_api_unreachable_when_wacrm_send_then_one_line_naming_the_host_and_kept_queued(
+    tmp_path: Path,
+) -> None:
+    env = _cli_env(tmp_path, "http://127.0.0.1:9")  # nothing listens on the discard port
+
+    result = CliRunner().invoke(
+        cli, ["send", "--to", BOB, "--template", "hello", "--timeout", "1"], env=env
+    )
+
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert "No answer from the Cloud API at 127.0.0.1" in line and "stays queued" in line
+    assert TOKEN not in result.output

@@ -260,6 +260,8 @@ def send_cmd(
 ) -> None:
     """Send a WhatsApp message through the configured provider (Meta Cloud API or Twilio)
     and print its provider message id (wamid or Twilio SM… sid)."""
+    import logging
+
     import httpx
 
     from wacrm.server.runtime import ensure_default_account, open_store
@@ -279,6 +281,8 @@ def send_cmd(
         send_now,
     )
 
+    # The outcome is printed once at the end; the worker's per-try warnings would repeat it.
+    logging.getLogger("wacrm.workers.whatsapp_outbox").setLevel(logging.ERROR)
     settings = settings_from(ctx)
     try:
         route = choose_route(settings, provider, from_number)
@@ -360,8 +364,8 @@ def send_cmd(
     if outcome.state == "failed":
         raise click.ClickException(f"not sent: {outcome.error}")
     raise click.ClickException(
-        f"not sent yet ({outcome.error}); message {outcome.message_id} stays queued for the "
-        "server's outbox worker"
+        f"not sent yet: {outcome.error}; message {outcome.message_id} stays queued, and the "
+        "server's outbox worker (wacrm serve) sends it when it can"
     )
 
 

@@ -248,8 +248,15 @@ def _is_json(response: httpx.Response) -> bool:
 
 
 def _network_error(exc: httpx.HTTPError) -> SendError:
-    # Only the exception class and its text: httpx puts the URL there, never our headers.
-    return SendError(code=None, title="No answer from the Cloud API", message=type(exc).__name__)
+    # The exception's class and the host it was for: never our headers (the token).
+    try:
+        host = exc.request.url.host
+    except RuntimeError:  # raised without a request
+        host = ""
+    where = f" at {host}" if host else ""
+    return SendError(
+        code=None, title=f"No answer from the Cloud API{where}", message=type(exc).__name__
+    )
 
 
 class CloudApiClient:
