@@ -16,6 +16,10 @@ on each new message, and on each status that turns a message ``failed``, in the 
 transaction. They run in a savepoint of their own: a rule that breaks is rolled back and
 recorded in ``quarantine`` (source ``rules``) while the message itself is kept, so an agent
 still sees it.
+
+A failed status saying the 24 h window had closed (the send was accepted, then refused)
+queues the send's template fallback, in the same transaction
+(:mod:`wacrm.workers.late_fallback`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from wacrm.store.schema import inbox, messages
 from wacrm.whatsapp.meta_webhook import parse_message, parse_status
 from wacrm.whatsapp.twilio_webhook import parse_twilio_message, parse_twilio_status
 from wacrm.workers.inbound import handle_message
+from wacrm.workers.late_fallback import queue_late_fallback
 from wacrm.workers.message_activity import queue_outbound_activity
 from wacrm.workers.threaded import Downstream, Handover, WorkerThread
 
@@ -479,7 +484,19 @@ class InboxProcessor:
             # outbox merges them (never urgent, so a receipt wakes nothing).
             queue_outbound_activity(conn, account_id=row.account_id, message_id=found.id, now=now)
         if new is DeliveryStatus.FAILED:
+            # Fed downstream: the failure's CRM changes, and maybe a send queued below or by
+            # the rules, claimed for the sender before this batch commits.
             self._fed_downstream = self._queued = True
+            # Refused after acceptance because the 24 h window had closed (Meta 131047,
+            # Twilio 63016): the send's template fallback goes out as a message of its own.
+            queue_late_fallback(
+                conn,
+                account_id=row.account_id,
+                message_id=found.id,
+                provider=row.provider,
+                code=update.errors[0].get("code") if update.errors else None,
+                now=now,
+            )
             self._run_rules(
                 conn,
                 row,
