@@ -8,6 +8,12 @@ the account's WhatsApp senders, 21211 for a ``To`` that is not ``whatsapp:+E164`
 nothing to send, 21655 for an unknown ``ContentSid`` (twilio.com/docs/api/errors/<code>).
 Tests script any other answer with :meth:`TwilioSandbox.fail_next`.
 
+Inbound media: :meth:`TwilioSandbox.add_media` stores a file and returns its ``MediaUrl``
+path. ``GET`` on it with the account's Basic auth answers 307 to a short-lived URL
+(``/_sandbox/twilio-media/<token>`` under :attr:`TwilioSandbox.cdn_url`, the same host when
+empty), which serves the bytes to anyone, as Twilio's CDN does; 401 (20003) without the
+credentials, 404 (20404) for a media it does not have.
+
 :meth:`TwilioSandbox.status_callbacks` builds the signed ``sent`` → ``delivered`` → ``read``
 callbacks Twilio would post to the message's ``StatusCallback`` (form fields as in
 facts/whatsapp.md §3, ``X-Twilio-Signature`` as Twilio computes it); :meth:`deliver` posts
@@ -28,17 +34,24 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wacrm.whatsapp.twilio_webhook import SIGNATURE_HEADER, WHATSAPP_PREFIX, twilio_signature
 
 _PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>AC[0-9a-fA-F]{32})/Messages\.json$")
 _ADDRESS = re.compile(r"^whatsapp:\+[1-9]\d{6,14}$")
+_MEDIA = re.compile(
+    r"^/2010-04-01/Accounts/(?P<sid>AC[0-9a-fA-F]{32})/Messages/(?:SM|MM)[0-9a-fA-F]{32}"
+    r"/Media/(?P<media>ME[0-9a-fA-F]{32})$"
+)
+_CDN = "/_sandbox/twilio-media/"
 _MESSAGES = {
     20003: "Authenticate",
+    20404: "The requested resource was not found",
     63007: "Twilio could not find a Channel with the specified From address",
     21211: "The 'To' number {to} is not a valid phone number.",
     21619: "A text message body or media urls must be specified.",
@@ -66,6 +79,9 @@ class TwilioSandbox:
     content_sids: Collection[str] = ()
     sent: list[SentMessage] = field(default_factory=list)
     refused: list[tuple[int, int | None]] = field(default_factory=list)  # (HTTP status, code)
+    cdn_url: str = ""  # where media redirects point ("": this host)
+    _media: dict[str, tuple[bytes, str]] = field(default_factory=dict, repr=False)
+    _cdn: dict[str, str] = field(default_factory=dict, repr=False)  # token -> media sid
     _script: list[tuple[int, int | None, str]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -74,21 +90,34 @@ class TwilioSandbox:
         ``None``: an error body without a code)."""
         self._script.append((http_status, code, message))
 
+    def add_media(self, data: bytes, content_type: str, message_sid: str | None = None) -> str:
+        """Store an inbound message's file; returns its ``MediaUrl`` path (prefix the API's
+        base URL), as Twilio names it in ``MediaUrl0``."""
+        message_sid = message_sid or "SM" + secrets.token_hex(16)
+        media_sid = "ME" + secrets.token_hex(16)
+        with self._lock:
+            self._media[media_sid] = (data, content_type)
+        return f"/2010-04-01/Accounts/{self.account_sid}/Messages/{message_sid}/Media/{media_sid}"
+
     # -- the API ------------------------------------------------------------------------------
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         """For ``httpx.MockTransport``: one request in, Twilio's answer out."""
-        status, doc = self._answer(
-            request.method, request.url.path, request.headers, request.content
-        )
+        path = request.url.path
+        if request.method == "GET" and (_MEDIA.match(path) or path.startswith(_CDN)):
+            status, headers, body = self._media_answer(path, request.headers)
+            return httpx.Response(status, headers=headers, content=body)
+        status, doc = self._answer(request.method, path, request.headers, request.content)
         return httpx.Response(status, json=doc)
 
     @property
     def app(self) -> Starlette:
-        async def messages(request: Request) -> JSONResponse:
-            status, doc = self._answer(
-                request.method, request.url.path, request.headers, await request.body()
-            )
+        async def messages(request: Request) -> Response:
+            path = request.url.path
+            if request.method == "GET" and (_MEDIA.match(path) or path.startswith(_CDN)):
+                status, headers, body = self._media_answer(path, request.headers)
+                return Response(body, status, headers=headers)
+            status, doc = self._answer(request.method, path, request.headers, await request.body())
             return JSONResponse(doc, status)
 
         return Starlette(routes=[Route("/{path:path}", messages, methods=["POST", "GET"])])
@@ -119,6 +148,30 @@ class TwilioSandbox:
         with self._lock:
             self.sent.append(SentMessage(sid, form))
         return 201, self._resource(sid, form)
+
+    def _media_answer(self, path: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
+        """The Media resource (Basic auth, then 307) or the short-lived URL (no auth)."""
+        if path.startswith(_CDN):
+            with self._lock:
+                found = self._media.get(self._cdn.get(path.removeprefix(_CDN), ""))
+            if found is None:
+                return 404, {"content-type": "text/plain"}, b"Not Found"
+            return 200, {"content-type": found[1]}, found[0]
+        match = _MEDIA.match(path)
+        assert match is not None
+        if not self._authorised(headers.get("authorization", ""), match["sid"]):
+            return self._json(*self._refuse(401, 20003))
+        with self._lock:
+            if match["media"] not in self._media:
+                self.refused.append((404, 20404))
+                return self._json(404, self._error(404, 20404, _MESSAGES[20404]))
+            token = secrets.token_urlsafe(16)
+            self._cdn[token] = match["media"]
+        return 307, {"location": f"{self.cdn_url.rstrip('/')}{_CDN}{token}"}, b""
+
+    @staticmethod
+    def _json(status: int, doc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        return status, {"content-type": "application/json"}, orjson.dumps(doc)
 
     def _authorised(self, header: str, path_sid: str) -> bool:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()

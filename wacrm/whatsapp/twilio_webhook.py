@@ -167,8 +167,14 @@ def _received(payload: Mapping[str, Any]) -> datetime:
 def _media(params: Params) -> MediaRef | None:
     if (_int(params.get("NumMedia")) or 0) < 1 or not params.get("MediaUrl0"):
         return None
-    # Twilio hosts the file: the URL (HTTP Basic with the account) is the reference.
-    return MediaRef(id=None, url=params["MediaUrl0"], mime_type=params.get("MediaContentType0"))
+    # Twilio hosts the file: the URL (HTTP Basic with the account) is the reference. A
+    # caption arrives as the message's Body, as Meta's does as the media's ``caption``.
+    return MediaRef(
+        id=None,
+        url=params["MediaUrl0"],
+        mime_type=params.get("MediaContentType0"),
+        caption=params.get("Body") or None,
+    )
 
 
 def _referral(params: Params) -> tuple[dict[str, Any] | None, Referral | None]:

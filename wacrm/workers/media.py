@@ -5,6 +5,12 @@ answers ``{url, mime_type, sha256, file_size}``; ``GET url`` with the same Beare
 bytes. The URL lives 5 minutes and a webhook's media id 7 days, so the worker fetches as soon
 as it learns of a message, and on a 404 from the URL simply asks for a new one.
 
+Twilio's flow (:mod:`wacrm.workers.media_twilio`): the message's ``MediaUrl0`` is kept as the
+row's ``media_id``, fetched with HTTP Basic auth from the configured Twilio API host only,
+its redirect to a short-lived CDN URL followed without credentials. Twilio announces no hash:
+the computed sha256 is recorded. Until Twilio is configured its rows wait (``pending``, the
+reason naming the settings to set), as they do while the auth token is refused.
+
 The worker finds its work in the ``messages`` table (inbound image, document, video, audio and
 sticker rows), so it needs nothing from the inbox processor: each such message gets one
 ``media`` row, which moves ``pending`` → ``stored`` (file at ``media_dir/<account>/<sha256>.<ext>``,
@@ -35,7 +41,7 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +56,8 @@ from wacrm.config import Secret, Settings
 from wacrm.model import MEDIA_TYPES
 from wacrm.store.schema import media, messages
 from wacrm.workers.async_wake import WakeLoop
+from wacrm.workers.media_twilio import TOKEN_SETTING as TWILIO_TOKEN
+from wacrm.workers.media_twilio import TwilioMediaAccount, TwilioMediaError, media_fields
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +81,21 @@ _MEDIA_TYPE_NAMES = sorted(t.value for t in MEDIA_TYPES)
 _MEDIA_ID = re.compile(r"[0-9]+")
 _TOKEN_SETTING = "WACRM_WHATSAPP_ACCESS_TOKEN"
 _MAX_DOUBLINGS = 32  # 2**32 base waits is far past any cap: keeps timedelta from overflowing
+# Opens the answer carrying the file (status checked, body not yet read).
+_Opener = Callable[[], contextlib.AbstractAsyncContextManager[httpx.Response]]
 
 
 class _Transient(Exception):
     """Worth trying again later."""
 
 
-class _Unauthorized(_Transient):
-    """The access token was refused (401/403): waits for an operator, costs no attempt."""
+class _Waiting(_Transient):
+    """Waits for an operator (a refused token, Twilio not configured): costs no attempt.
+    ``advice`` says what to set, for the log line written once."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(reason)
+        self.advice = advice
 
 
 class _Permanent(Exception):
@@ -121,8 +136,10 @@ class _Job:
 
     id: int
     account_id: int
+    provider: str
     provider_message_id: str
     media_id: str | None
+    mime_type: str | None
     sha256: str | None
     attempts: int
     created_at: datetime
@@ -160,6 +177,7 @@ class MediaWorker:
         give_up_after: timedelta = timedelta(days=6),  # media ids live 7 days
         rescan_every: timedelta = timedelta(minutes=5),
         lease: timedelta = timedelta(minutes=15),  # a claim's hold: longer than one fetch
+        twilio: TwilioMediaAccount | None = None,  # None: Twilio rows wait for its settings
     ) -> None:
         self._engine = engine
         self._given_client = client
@@ -177,7 +195,8 @@ class MediaWorker:
         self._cap = backoff_cap
         self._give_up_after = give_up_after
         self._lease = lease
-        self._token_refused = False  # logged once until a fetch succeeds again
+        self._twilio = twilio or TwilioMediaAccount()
+        self._waiting: set[str] = set()  # providers whose wait is logged, until one works
         # Discovery reads messages after a high-water mark, and from the start again every
         # ``rescan_every``: with several processors a lower id can commit after a higher one.
         self._after_message_id = 0
@@ -201,6 +220,7 @@ class MediaWorker:
             graph_url=settings.graph_url,
             access_token=settings.whatsapp_access_token,
             media_dir=Path(settings.media_dir),
+            twilio=TwilioMediaAccount.from_settings(settings),
             **kwargs,
         )
 
@@ -272,7 +292,7 @@ class MediaWorker:
                 .where(
                     messages.c.id > self._after_message_id,
                     messages.c.direction == "in",
-                    messages.c.provider == "meta",
+                    messages.c.provider.in_(("meta", "twilio")),
                     messages.c.type.in_(_MEDIA_TYPE_NAMES),
                     messages.c.provider_message_id.is_not(None),
                     media.c.id.is_(None),
@@ -301,26 +321,34 @@ class MediaWorker:
             raw = orjson.loads(candidate.payload)
         except orjson.JSONDecodeError:
             raw = None
-        body = raw.get(candidate.type) if isinstance(raw, dict) else None
-        body = body if isinstance(body, dict) else {}
-        media_id = body.get("id")
+        raw = raw if isinstance(raw, dict) else {}
+        if candidate.provider == "twilio":  # the stored form parameters; no hash announced
+            fields = media_fields(raw)
+        else:
+            body = raw.get(candidate.type)
+            body = body if isinstance(body, dict) else {}
+            media_id, mime = body.get("id"), body.get("mime_type")
+            fields = {
+                "media_id": str(media_id) if media_id else None,
+                "mime_type": mime if isinstance(mime, str) else None,
+                "sha256": body.get("sha256") if isinstance(body.get("sha256"), str) else None,
+                "error": None if media_id else "the message names no media id",
+            }
         row: dict[str, Any] = {
             "account_id": candidate.account_id,
             "message_id": candidate.id,
             "provider": candidate.provider,
             "provider_message_id": candidate.provider_message_id,
-            "media_id": str(media_id) if media_id else None,
-            "mime_type": body.get("mime_type") if isinstance(body.get("mime_type"), str) else None,
-            "sha256": body.get("sha256") if isinstance(body.get("sha256"), str) else None,
+            "sha256": None,
             "state": "pending",
             "attempts": 0,
-            "error": None,  # every row has every key: an executemany takes the first's keys
             "next_attempt_at": now,
             "created_at": now,
             "updated_at": now,
+            **fields,  # every row has every key: an executemany takes the first's keys
         }
-        if not media_id:  # kept, so that it is visible and not rediscovered on every pass
-            row.update(state="failed", error="the message names no media id")
+        if row["error"]:  # kept, so that it is visible and not rediscovered on every pass
+            row["state"] = "failed"
         return row
 
     # -- attempts ----------------------------------------------------------------------------
@@ -350,8 +378,10 @@ class MediaWorker:
             _Job(
                 id=int(r.id),
                 account_id=int(r.account_id),
+                provider=str(r.provider),
                 provider_message_id=str(r.provider_message_id),
                 media_id=r.media_id,
+                mime_type=r.mime_type,
                 sha256=r.sha256,
                 attempts=int(r.attempts),
                 created_at=r.created_at,
@@ -363,9 +393,12 @@ class MediaWorker:
 
     async def _attempt(self, job: _Job) -> None:
         try:
-            fetched = await self.fetch(job.account_id, job.media_id, job.sha256)
-        except _Unauthorized as exc:
-            self._warn_token_refused(str(exc))
+            if job.provider == "twilio":
+                fetched = await self.fetch_twilio(job.account_id, job.media_id, job.mime_type)
+            else:
+                fetched = await self.fetch(job.account_id, job.media_id, job.sha256)
+        except _Waiting as exc:
+            self._warn_waiting(job.provider, exc)
             await asyncio.to_thread(self._retry_or_give_up, job, str(exc), counted=False)
             return
         except _Transient as exc:
@@ -380,19 +413,19 @@ class MediaWorker:
             reason = f"unexpected error: {type(exc).__name__}"
             await asyncio.to_thread(self._retry_or_give_up, job, reason)
             return
-        if self._token_refused:
-            self._token_refused = False
-            logger.info("the WhatsApp access token is accepted again")
+        if job.provider in self._waiting:
+            self._waiting.discard(job.provider)
+            logger.info("%s media fetches work again", job.provider)
         await asyncio.to_thread(self._finish, job, "stored", fetched=fetched)
 
-    def _warn_token_refused(self, reason: str) -> None:
-        if not self._token_refused:  # once, not once per attachment and pass
-            self._token_refused = True
+    def _warn_waiting(self, provider: str, exc: _Waiting) -> None:
+        if provider not in self._waiting:  # once, not once per attachment and pass
+            self._waiting.add(provider)
             logger.error(
-                "media fetches wait: %s. Set %s to a valid access token; attachments are "
-                "retried with backoff until then",
-                reason,
-                _TOKEN_SETTING,
+                "%s media fetches wait: %s. %s; attachments are retried with backoff until then",
+                provider,
+                exc,
+                exc.advice,
             )
 
     def _retry_or_give_up(self, job: _Job, reason: str, *, counted: bool = True) -> None:
@@ -488,7 +521,27 @@ class MediaWorker:
             raise _Permanent(f"the file is {size} bytes; the limit is {MAX_BYTES}")
         expected = [h for h in (info.get("sha256"), announced_sha256) if isinstance(h, str) and h]
         mime = info.get("mime_type") if isinstance(info.get("mime_type"), str) else None
-        return await self._download(url, account_id, mime, expected)
+        return await self._download(
+            lambda: self._open_meta(url), "media download", account_id, mime, expected
+        )
+
+    async def fetch_twilio(
+        self, account_id: int, media_url: str | None, mime_type: str | None
+    ) -> Fetched:
+        """Download a Twilio ``MediaUrl`` and store it under its computed sha256 (Twilio
+        announces none); raises _Waiting while Twilio is not configured."""
+        missing = self._twilio.missing_settings()
+        if missing:
+            names = " and ".join(missing)
+            raise _Waiting(f"Twilio is not configured ({names} not set)", f"Set {names}")
+        return await self._download(
+            lambda: self._open_twilio(media_url),
+            "Twilio media download",
+            account_id,
+            mime_type,
+            [],
+            mime_from_answer=True,
+        )
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token.reveal()}"}
@@ -510,8 +563,33 @@ class MediaWorker:
             raise _Transient("media look-up answered no JSON object")
         return doc
 
+    @contextlib.asynccontextmanager
+    async def _open_meta(self, url: str) -> AsyncIterator[httpx.Response]:
+        async with self._client.stream("GET", url, headers=self._headers()) as response:
+            if response.status_code == 404:  # the URL expired: look it up anew
+                raise _Transient("the media URL expired (404); a new one is needed")
+            _raise_for(response, "media download")
+            yield response
+
+    @contextlib.asynccontextmanager
+    async def _open_twilio(self, media_url: str | None) -> AsyncIterator[httpx.Response]:
+        try:
+            async with self._twilio.open(self._client, media_url) as response:
+                yield response
+        except TwilioMediaError as exc:
+            if exc.kind == "refused":
+                raise _Waiting(str(exc), f"Set {TWILIO_TOKEN} to a valid auth token") from None
+            raise (_Transient if exc.kind == "retry" else _Permanent)(str(exc)) from None
+
     async def _download(
-        self, url: str, account_id: int, mime: str | None, expected: list[str]
+        self,
+        opener: _Opener,
+        what: str,
+        account_id: int,
+        mime: str | None,
+        expected: list[str],
+        *,
+        mime_from_answer: bool = False,  # no type announced: the answer's Content-Type
     ) -> Fetched:
         folder = self._dir / str(account_id)
         try:
@@ -522,10 +600,12 @@ class MediaWorker:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                digest, size = await self._stream_to(url, out)
+                digest, size, served = await self._stream_to(opener, what, out)
             for value in expected:
                 if not sha256_matches(value, digest):
                     raise _Permanent("the downloaded bytes do not match the announced sha256")
+            if mime is None and mime_from_answer:
+                mime = served
             name = digest.hex() + extension_for(mime)
             await asyncio.to_thread(_publish, tmp, folder / name)
         except BaseException as exc:
@@ -536,14 +616,15 @@ class MediaWorker:
             raise
         return Fetched(f"{account_id}/{name}", mime, digest.hex(), size)
 
-    async def _stream_to(self, url: str, out: BinaryIO) -> tuple[bytes, int]:
+    async def _stream_to(
+        self, opener: _Opener, what: str, out: BinaryIO
+    ) -> tuple[bytes, int, str | None]:
+        """Copy the answer's body to ``out``: its sha256, size and Content-Type."""
         hasher = hashlib.sha256()
         size = 0
         try:
-            async with self._client.stream("GET", url, headers=self._headers()) as response:
-                if response.status_code == 404:  # the URL expired: look it up anew
-                    raise _Transient("the media URL expired (404); a new one is needed")
-                _raise_for(response, "media download")
+            async with opener() as response:
+                served = response.headers.get("content-type")
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > MAX_BYTES:
@@ -551,12 +632,13 @@ class MediaWorker:
                     hasher.update(chunk)
                     out.write(chunk)
         except httpx.TimeoutException:
-            raise _Transient("media download timed out") from None
+            raise _Transient(f"{what} timed out") from None
         except httpx.TransportError as exc:
-            raise _Transient(f"media download failed: {type(exc).__name__}") from None
+            raise _Transient(f"{what} failed: {type(exc).__name__}") from None
         out.flush()
         await asyncio.to_thread(os.fsync, out.fileno())
-        return hasher.digest(), size
+        served = served if served and len(served) <= 255 else None  # media.mime_type's size
+        return hasher.digest(), size, served
 
 
 def _storage_failed(exc: OSError, folder: Path) -> _Transient:
@@ -571,8 +653,9 @@ def _raise_for(response: httpx.Response, what: str) -> None:
         return
     if status in (401, 403):
         # An expired or revoked token is fixed by replacing it: wait for that.
-        raise _Unauthorized(
-            f"{what} answered HTTP {status}: the access token was refused ({_TOKEN_SETTING})"
+        raise _Waiting(
+            f"{what} answered HTTP {status}: the access token was refused ({_TOKEN_SETTING})",
+            f"Set {_TOKEN_SETTING} to a valid access token",
         )
     if status == 429 or status >= 500 or status == 408:
         raise _Transient(f"{what} answered HTTP {status}")
@@ -604,7 +687,8 @@ def media_states(engine: Engine) -> dict[str, int]:
 
 def retry_failed(engine: Engine, now: datetime) -> int:
     """Put every failed attachment back in line, attempts reset; returns how many. Meta keeps
-    webhook media ids for 7 days: older ones fail again, with the Graph error as reason."""
+    webhook media ids for 7 days: older ones fail again, with the Graph error as reason.
+    Twilio rows (``media_id`` is the ``MediaUrl``) are fetched again alike."""
     with engine.begin() as conn:
         result = conn.execute(
             media.update()
