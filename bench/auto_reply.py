@@ -85,7 +85,18 @@ def numbers(count: int) -> dict[str, str]:
     return {f"1065403522{n:05d}": f"1555078{n:04d}" for n in range(count)}
 
 
-def webhook(pnid: str, display: str, wa_id: str, wamid: str, question: str) -> bytes:
+def message_webhook(
+    pnid: str,
+    display: str,
+    wa_id: str,
+    wamid: str,
+    question: str,
+    *,
+    name: str,
+    user_id: str | None = None,
+) -> dict[str, Any]:
+    """One text message webhook in Meta's shape, sent now; ``user_id``: the sender's
+    business-scoped user id (BSUID), in the message and its contact."""
     message = {
         "from": wa_id,
         "id": wamid,
@@ -93,17 +104,24 @@ def webhook(pnid: str, display: str, wa_id: str, wamid: str, question: str) -> b
         "type": "text",
         "text": {"body": question},
     }
+    contact: dict[str, Any] = {"profile": {"name": name}, "wa_id": wa_id}
+    if user_id is not None:
+        message["from_user_id"] = contact["user_id"] = user_id
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": display, "phone_number_id": pnid},
-        "contacts": [{"profile": {"name": f"Customer {wa_id[-4:]}"}, "wa_id": wa_id}],
+        "contacts": [contact],
         "messages": [message],
     }
-    doc = {
+    return {
         "object": "whatsapp_business_account",
         "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
     }
-    return orjson.dumps(doc)
+
+
+def webhook(pnid: str, display: str, wa_id: str, wamid: str, question: str) -> bytes:
+    body = message_webhook(pnid, display, wa_id, wamid, question, name=f"Customer {wa_id[-4:]}")
+    return orjson.dumps(body)
 
 
 # --- the three processes --------------------------------------------------------------

@@ -53,6 +53,7 @@ from bench.auto_reply import (  # noqa: E402
     _store,
     cpu_seconds,
     epoch,
+    message_webhook,
     numbers,
     run_in_process,
     sandbox_main,
@@ -83,28 +84,15 @@ QUESTIONS = (
 
 def webhook(pnid: str, display: str, customer: int, wamid: str, question: str) -> dict[str, Any]:
     """One message webhook in Meta's shape from ``customer`` (wa_id and BSUID), sent now."""
-    wa_id = f"9665{customer:08d}"
-    user_id = f"SA.{7391208655302741918 + customer}"
-    message = {
-        "from": wa_id,
-        "from_user_id": user_id,
-        "id": wamid,
-        "timestamp": str(int(time.time())),
-        "type": "text",
-        "text": {"body": question},
-    }
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": display, "phone_number_id": pnid},
-        "contacts": [
-            {"profile": {"name": f"Customer {customer:04d}"}, "wa_id": wa_id, "user_id": user_id}
-        ],
-        "messages": [message],
-    }
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
-    }
+    return message_webhook(
+        pnid,
+        display,
+        f"9665{customer:08d}",
+        wamid,
+        question,
+        name=f"Customer {customer:04d}",
+        user_id=f"SA.{7391208655302741918 + customer}",
+    )
 
 
 def prefill(database_url: str, served: dict[str, str], count: int, customers: int) -> None:
