@@ -24,6 +24,7 @@ from whatsapp_support import (
 )
 
 from wacrm.config import Settings
+from wacrm.store.accounts import register_number
 from wacrm.store.schema import wa_outbox
 from wacrm.whatsapp.meta_bodies import template_message, text_message
 from wacrm.whatsapp.meta_send import CloudApiClient
@@ -220,6 +221,38 @@ def test_given_many_pair_rate_delays_when_a_real_error_follows_then_it_still_get
     row = outbox_row(engine, outbox_id)
     assert len(graph.bodies) == 10  # 8 pair-rate refusals, one 131000, then accepted
     assert (row.state, row.attempts) == ("sent", 2)  # only the 131000 and the send count
+
+
+@pytest.mark.parametrize(("code", "wider"), [(4, "the app"), (80007, "the account's WABA")])
+def test_given_limit_wider_than_a_number_when_hit_then_the_other_number_waits_too(
+    engine: Engine, account_id: int, clock: Clock, alice: int, code: int, wider: str
+) -> None:
+    register_number(engine, account_id, "106540352242999")
+    graph = Graph(graph_error(code))
+    first = add_outbound(
+        engine, account_id, text_message(ALICE, "1"), at=clock.now, contact_id=alice
+    )[1]
+    other = add_outbound(
+        engine,
+        account_id,
+        text_message(ALICE, "2"),
+        at=clock.now,
+        contact_id=alice,
+        phone_number_id="106540352242999",
+    )[1]
+    worker = make_worker(engine, clock, graph.client())
+
+    worker.process_due()  # the first draws the limit; the other number is held back too
+    held_back = len(graph.bodies)
+    clock.advance(0.5)
+    during = worker.process_due()
+    clock.advance(5)
+    for _ in range(3):
+        worker.process_due()
+
+    assert held_back == 1, f"a send from the other number went out past {wider}'s limit"
+    assert during == 0
+    assert outbox_row(engine, first).state == outbox_row(engine, other).state == "sent"
 
 
 def test_given_token_bucket_when_reserving_then_waits_are_rate_spaced() -> None:

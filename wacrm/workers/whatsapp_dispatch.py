@@ -29,6 +29,10 @@ TWILIO_WEBHOOK_PATH = "/webhooks/twilio"  # where the server takes Twilio's stat
 # what to set when the credentials are rejected, and the local refusal outside the 24 h
 # window (the code the provider itself would answer).
 THROTTLE_CODES = {META: frozenset({4, 80007, 130429}), TWILIO: TWILIO_THROTTLE_CODES}
+# Of those, the limits wider than one number (facts/whatsapp.md, errors): 4 is the app's
+# API-call rate (every number the app sends from), 80007 the WhatsApp Business Account's.
+APP_THROTTLE_CODES = {META: frozenset({4})}
+ACCOUNT_THROTTLE_CODES = {META: frozenset({80007})}
 CREDENTIALS_HINTS = {
     META: "set a valid WACRM_WHATSAPP_ACCESS_TOKEN",
     TWILIO: TWILIO_CREDENTIALS_HINT,

@@ -54,6 +54,8 @@ from wacrm.whatsapp.twilio_send import TwilioSender
 from wacrm.workers import whatsapp_queue as queue
 from wacrm.workers.threaded import WorkerThread
 from wacrm.workers.whatsapp_dispatch import (
+    ACCOUNT_THROTTLE_CODES,
+    APP_THROTTLE_CODES,
     CREDENTIALS_HINTS,
     PROVIDERS,
     THROTTLE_CODES,
@@ -124,6 +126,10 @@ class WhatsAppOutboxWorker:
         self._leases = queue.NumberLeases(sender_name(), self.policy.number_lease)
         self._paused_until: dict[str, datetime] = {}  # phone_number_id → throttled until
         self._creds_paused_until: dict[str, datetime] = {}  # provider → credentials invalid
+        # Limits wider than a number: Meta's app-level (4) per provider, WABA-level (80007)
+        # per account (the account's numbers are its WABA's, as far as wacrm knows them).
+        self._app_paused_until: dict[str, datetime] = {}  # provider → throttled until
+        self._account_paused_until: dict[int, datetime] = {}  # account → throttled until
         self._pair_hits: dict[tuple[str, str], int] = {}  # consecutive 131056 per recipient
         self._buckets: dict[str, TokenBucket] = {}
         self._pairs: dict[str, PairLimiter] = {}
@@ -240,6 +246,8 @@ class WhatsAppOutboxWorker:
             self.halted.clear()
             self._halts_stored.clear()
             self._creds_paused_until.clear()
+            self._app_paused_until.clear()
+            self._account_paused_until.clear()
         else:
             self.halted.pop(phone_number_id, None)
             self._halts_stored.discard(phone_number_id)
@@ -279,7 +287,12 @@ class WhatsAppOutboxWorker:
         return sorted(set(self.halted) | set(paused))
 
     def _blocked_providers(self, now: datetime) -> list[str]:
-        paused = [p for p, until in dict(self._creds_paused_until).items() if until > now]
+        paused = [
+            p
+            for pauses in (self._creds_paused_until, self._app_paused_until)
+            for p, until in dict(pauses).items()
+            if until > now
+        ]
         return sorted(set(self._skip_always) | set(paused))
 
     def _claim(self, now: datetime) -> list[Job]:
@@ -310,6 +323,8 @@ class WhatsAppOutboxWorker:
         paused = max(
             self._paused_until.get(job.phone_number_id) or now,
             self._creds_paused_until.get(job.provider) or now,
+            self._app_paused_until.get(job.provider) or now,
+            self._account_paused_until.get(job.account_id) or now,
         )
         if paused > now:  # throttled or credentials rejected earlier in this pass
             self._release(job, paused)
@@ -453,8 +468,13 @@ class WhatsAppOutboxWorker:
             delay = exc.retry_after
             if delay is None:
                 delay = backoff_seconds(job.attempts + 1, self.policy, self._jitter())
-            if exc.code in THROTTLE_CODES.get(job.provider, ()):  # the number is over budget
-                self._paused_until[job.phone_number_id] = now + timedelta(seconds=delay)
+            until = now + timedelta(seconds=delay)
+            if exc.code in APP_THROTTLE_CODES.get(job.provider, ()):  # every call of the app
+                self._app_paused_until[job.provider] = until
+            elif exc.code in ACCOUNT_THROTTLE_CODES.get(job.provider, ()):  # the whole WABA
+                self._account_paused_until[job.account_id] = until
+            elif exc.code in THROTTLE_CODES.get(job.provider, ()):  # the number is over budget
+                self._paused_until[job.phone_number_id] = until
             self._retry(job, exc.summary, held, delay=delay, code=exc.code, title=exc.title)
         elif action is SendAction.DELAY_RECIPIENT:
             hits = self._pair_hits.get(job.pair, 0) + 1
