@@ -129,3 +129,15 @@ def test_given_rates_when_pause_computed_then_share_shrinks_in_proportion_to_ing
     ten_times = burst_pause(0.01, 10_000.0, 1000.0, 0.1)
     assert ten_times == pytest.approx(0.99)  # 1 % at ten times the rate
     assert burst_pause(0.05, 100_000.0, 1000.0, 0.1) == 1.0  # capped: progress continues
+
+
+def test_given_store_when_processor_built_then_batches_sized_for_its_locking(
+    engine: Engine, clock: Clock
+) -> None:
+    # SQLite: ~10 ms, the inbox writer waits for the one write lock; PostgreSQL: ~100 ms,
+    # rows are locked, not the store, and longer batches share their claim and commit.
+    processor = make_processor(engine, clock)
+
+    rows = processor._sized(500)  # at the starting pace, 2 ms a row
+
+    assert rows == {"sqlite": 5, "postgresql": 50}[engine.dialect.name]
