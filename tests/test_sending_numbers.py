@@ -195,3 +195,14 @@ def _cli(engine: Engine, tmp_path: Path, *argv: str) -> Result:
         url += f"{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
     env = {"WACRM_CONFIG": str(tmp_path / "absent.toml"), "WACRM_DATABASE_URL": url}
     return CliRunner().invoke(cli, list(argv), env=env)
+
+
+def test_given_no_numbers_when_listed_then_says_how_they_come(
+    engine: Engine, tmp_path: Path
+) -> None:
+    result = _cli(engine, tmp_path, "numbers", "list")
+
+    assert result.exit_code == 0
+    assert result.output.strip() == (
+        "no business numbers yet (wacrm serve registers WACRM_WHATSAPP_PHONE_NUMBER_ID)"
+    )

@@ -37,6 +37,8 @@ def numbers_list(ctx: click.Context, as_json: bool) -> None:
         states = number_states(engine, datetime.now(UTC))
     finally:
         engine.dispose()
+    if not states and not as_json:
+        click.echo("no business numbers yet (wacrm serve registers WACRM_WHATSAPP_PHONE_NUMBER_ID)")
     for s in states:
         if as_json:
             click.echo(
