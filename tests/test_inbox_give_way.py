@@ -131,13 +131,40 @@ def test_given_rates_when_pause_computed_then_share_shrinks_in_proportion_to_ing
     assert burst_pause(0.05, 100_000.0, 1000.0, 0.1) == 1.0  # capped: progress continues
 
 
-def test_given_store_when_processor_built_then_batches_sized_for_its_locking(
+def test_given_store_when_backlog_drains_then_batches_sized_for_its_locking(
     engine: Engine, clock: Clock
 ) -> None:
-    # SQLite: ~10 ms, the inbox writer waits for the one write lock; PostgreSQL: ~100 ms,
-    # rows are locked, not the store, and longer batches share their claim and commit.
+    # SQLite: ~10 ms always, the inbox writer waits for its one write lock. PostgreSQL: rows
+    # are locked, not the store, so while a backlog drains batches grow to ~100 ms and share
+    # their claim and commit; not before, when they would hold new messages back.
     processor = make_processor(engine, clock)
 
-    rows = processor._sized(500)  # at the starting pace, 2 ms a row
+    steady, backlog = processor._sized(500), processor._sized(500, backlog=True)
 
-    assert rows == {"sqlite": 5, "postgresql": 50}[engine.dialect.name]
+    assert steady == 5  # at the starting pace, 2 ms a row
+    assert backlog == {"sqlite": 5, "postgresql": 50}[engine.dialect.name]
+
+
+def test_given_backlog_when_drained_then_batches_grow_only_after_full_ones(
+    engine: Engine, account_id: int, clock: Clock
+) -> None:
+    store_messages(engine, account_id, 40)
+    processor = make_processor(engine, clock)
+    sizes: list[int] = []
+    real = processor._process_batch
+
+    def batch(after_id: int, size: int, kinds: Any) -> tuple[int, int, int]:
+        sizes.append(size)
+        try:
+            return real(after_id, size, kinds)
+        finally:
+            processor._row_seconds = 0.002  # the pace held, so sizes show only the mode
+
+    processor._process_batch = batch  # type: ignore[method-assign]
+    processor._row_seconds = 0.002
+
+    processor.process_pending(kinds="messages")
+
+    grown = {"sqlite": 5, "postgresql": 50}[engine.dialect.name]
+    assert sizes[:3] == [5, 5, 5]  # short until three came back full
+    assert max(sizes[3:]) == grown

@@ -79,11 +79,16 @@ _OTHERS_BATCH = 20  # receipts per transaction: short, so a message never waits 
 # A batch is sized to take about this long at the recent pace per row (one row at least): on
 # SQLite the inbox writer waits for its transaction, with every webhook of its next group.
 # 100 messages at a few ms each held the lock for a third of a second and capped ingest at
-# the processing rate. PostgreSQL locks rows, not the store, and ingest runs in processes of
-# its own: there longer batches spread each batch's claim, hand-over and commit over more
-# rows (bench/drain.py, 2,000 messages: 10 ms 49/s, 50 ms 68/s, 100 ms 84/s, 200 ms 89/s),
-# at the cost of up to 0.1 s more for a reply while a backlog drains.
-_BATCH_SECONDS = {"sqlite": 0.01, "postgresql": 0.1}
+# the processing rate.
+_BATCH_SECONDS = 0.01
+# While a backlog drains (``_BACKLOG_AFTER`` full batches in a row), PostgreSQL batches are
+# sized to ~100 ms: it locks rows, not the store, and ingest runs in processes of its own, so
+# longer batches share each batch's claim, hand-over and commit among more rows
+# (bench/drain.py, 2,000 messages: 49 -> 84 messages/s). Not before: at a steady 20
+# questions/s they made statuses' batches long enough to hold new messages back (auto-reply
+# p99 44 -> 60 ms measured).
+_BACKLOG_BATCH_SECONDS = {"sqlite": _BATCH_SECONDS, "postgresql": 0.1}
+_BACKLOG_AFTER = 3
 # Ingest is "bursting" above this many stored webhooks a second: more than the processor
 # could handle (a few ms of CPU each). It then takes at most ``_BURST_SHARE`` of the time at
 # that rate, and proportionally less as the rate grows (1 % at 10,000/s), resting in
@@ -169,8 +174,8 @@ class InboxProcessor:
         of their own (one commit and one wait for SQLite's lock fewer per reply).
         ``others_every``: how long rows other than messages (statuses, errors, account
         events) may wait, so that they are taken in batches (see :meth:`_step`).
-        ``batch_seconds``: batches are sized to take about this long (one row at least;
-        default by store, see ``_BATCH_SECONDS``).
+        ``batch_seconds``: batches are sized to take about this long (one row at least);
+        by default, longer on PostgreSQL while a backlog drains (``_BACKLOG_BATCH_SECONDS``).
         ``burst_rate``/``burst_share``/``gauge``: while the store's ``gauge`` (see
         :mod:`wacrm.store.ingest_gauge`) says webhooks are being stored at ``burst_rate``
         or more per second, the processor works at most ``burst_share`` of the time, less
@@ -195,10 +200,12 @@ class InboxProcessor:
         self._others_owed = False  # a pass left them for later
         self._failures = 0
         self._wabas_known: set[tuple[int, str]] = set()  # (account, WABA id) recorded
-        self._batch_seconds = (
+        # Given, ``batch_seconds`` holds for backlogs too; by default they get the store's.
+        self._batch_seconds = batch_seconds if batch_seconds is not None else _BATCH_SECONDS
+        self._backlog_seconds = (
             batch_seconds
             if batch_seconds is not None
-            else _BATCH_SECONDS.get(engine.dialect.name, _BATCH_SECONDS["sqlite"])
+            else _BACKLOG_BATCH_SECONDS.get(engine.dialect.name, _BATCH_SECONDS)
         )
         self._row_seconds = 0.002  # recent seconds per row (moving average): sizes batches
         self._burst_rate = burst_rate
@@ -283,18 +290,21 @@ class InboxProcessor:
         rows until none is left or ``limit`` is reached, or ``give_way`` says to stop."""
         finished = 0
         after_id = 0
+        full = 0  # full batches in a row: a backlog
         while finished < limit:
             began = time.monotonic()
+            wanted = self._sized(
+                min(size or self._batch_size, limit - finished), full >= _BACKLOG_AFTER
+            )
             try:
-                claimed, done, after_id = self._process_batch(
-                    after_id, self._sized(min(size or self._batch_size, limit - finished)), kinds
-                )
+                claimed, done, after_id = self._process_batch(after_id, wanted, kinds)
             except _StoreFailure as failure:
                 self._count_store_failure(failure)
                 raise failure.cause from failure
             finished += done
             if claimed == 0:
                 return finished, True
+            full = full + 1 if claimed >= wanted else 0
             self._give_way_to_ingest(time.monotonic() - began)
             if give_way is not None and give_way():
                 return finished, False
@@ -325,9 +335,10 @@ class InboxProcessor:
             self._row_seconds += 0.2 * ((time.monotonic() - began) / len(rows) - self._row_seconds)
         return len(rows), done, rows[-1].id if rows else after_id
 
-    def _sized(self, size: int) -> int:
-        """``size`` cut to the rows that fit in ``batch_seconds`` at the recent pace."""
-        return max(1, min(size, int(self._batch_seconds / max(self._row_seconds, 1e-6))))
+    def _sized(self, size: int, backlog: bool = False) -> int:
+        """``size`` cut to the rows that fit in a batch's time at the recent pace."""
+        seconds = self._backlog_seconds if backlog else self._batch_seconds
+        return max(1, min(size, int(seconds / max(self._row_seconds, 1e-6))))
 
     def _claim_for_handover(self, conn: Connection) -> Sequence[Any]:
         """The sender's claim of what this batch queued, in this transaction (see
