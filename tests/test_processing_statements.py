@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import Engine, event
-from test_rules_support import T0, add_contact, inbound, outbound, rows, runtime
+from test_rules_support import T0, add_contact, inbound, outbound, rows, runtime, text_event
 
-from wacrm.model import InboundMessage, MessageType
 from wacrm.rules import runtime as runtime_module
 from wacrm.rules.episodes import current_episode, recent_inbound_texts
 from wacrm.rules.language import LanguageDetector
@@ -67,21 +66,6 @@ def test_given_agent_answered_last_when_episode_read_then_none(
     assert _episode(engine, account_id, contact) is None
 
 
-def _message(text: str) -> InboundMessage:
-    return InboundMessage(
-        provider="meta",
-        provider_message_id="wamid.first",
-        phone_number_id="106540352242922",
-        from_wa_id="966501234567",
-        from_user_id=None,
-        profile_name=None,
-        timestamp=T0,
-        type=MessageType.TEXT,
-        raw_type="text",
-        text=text,
-    )
-
-
 @pytest.mark.parametrize("new_contact", [True, False])
 def test_given_contacts_first_message_when_rules_run_then_language_from_it_without_history(
     engine: Engine,
@@ -106,7 +90,7 @@ def test_given_contacts_first_message_when_rules_run_then_language_from_it_witho
             conn,
             account_id=account_id,
             contact_id=contact,
-            message=_message("متى يوصل الطلب؟"),
+            message=text_event("متى يوصل الطلب؟", "wamid.first"),
             message_row_id=row_id,
             now=T0,
             new_contact=new_contact,

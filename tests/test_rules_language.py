@@ -9,9 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import Engine
-from test_rules_support import T0, add_contact, inbound, rows, runtime
+from test_rules_support import T0, add_contact, inbound, rows, runtime, text_event
 
-from wacrm.model import InboundMessage, MessageType
 from wacrm.rules.language import LanguageDetector
 from wacrm.store.schema import contacts, crm_outbox
 
@@ -77,21 +76,6 @@ def test_given_unknown_language_code_when_built_then_error_names_it() -> None:
         LanguageDetector(["en", "xx"])
 
 
-def _message(text: str) -> InboundMessage:
-    return InboundMessage(
-        provider="meta",
-        provider_message_id="wamid.lang",
-        phone_number_id="106540352242922",
-        from_wa_id="966501234567",
-        from_user_id=None,
-        profile_name=None,
-        timestamp=T0,
-        type=MessageType.TEXT,
-        raw_type="text",
-        text=text,
-    )
-
-
 def test_given_contact_without_language_when_message_arrives_then_stored_and_sent_to_crm(
     engine: Engine, account_id: int, detector: LanguageDetector
 ) -> None:
@@ -103,7 +87,7 @@ def test_given_contact_without_language_when_message_arrives_then_stored_and_sen
             conn,
             account_id=account_id,
             contact_id=contact,
-            message=_message("متى يوصل الطلب؟"),
+            message=text_event("متى يوصل الطلب؟"),
             message_row_id=row_id,
             now=T0,
         )
@@ -124,7 +108,7 @@ def test_given_contact_with_language_when_message_in_another_then_kept_and_crm_u
             conn,
             account_id=account_id,
             contact_id=contact,
-            message=_message("متى يوصل الطلب؟"),
+            message=text_event("متى يوصل الطلب؟"),
             message_row_id=row_id,
             now=T0,
         )
@@ -146,7 +130,7 @@ def test_given_unsure_guess_when_message_arrives_then_language_left_for_later_me
                 conn,
                 account_id=account_id,
                 contact_id=contact,
-                message=_message(text),
+                message=text_event(text),
                 message_row_id=row_id,
                 now=T0,
             )

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, select
 
+from wacrm.model import InboundMessage, MessageType
 from wacrm.rules.loader import load_ruleset
 from wacrm.rules.runtime import RuleRuntime
 from wacrm.store.schema import contacts, messages
@@ -134,3 +135,19 @@ def rows(engine: Engine, table: Any, **where: Any) -> list[Any]:
         query = query.where(table.c[column] == value)
     with engine.connect() as conn:
         return list(conn.execute(query.order_by(table.c[next(iter(table.c.keys()))])).all())
+
+
+def text_event(text: str, wamid: str = "wamid.lang") -> InboundMessage:
+    """An inbound text from +966501234567 to the test number, as the parser makes it."""
+    return InboundMessage(
+        provider="meta",
+        provider_message_id=wamid,
+        phone_number_id="106540352242922",
+        from_wa_id="966501234567",
+        from_user_id=None,
+        profile_name=None,
+        timestamp=T0,
+        type=MessageType.TEXT,
+        raw_type="text",
+        text=text,
+    )
