@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from wacrm.cli import cli
 from wacrm.model import DeliveryStatus
 from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox, create_sandbox_app
+from wacrm.sandbox.whatsapp_payloads import business_scoped_user_id
 from wacrm.whatsapp.meta_webhook import (
     parse_message,
     parse_status,
@@ -661,3 +662,25 @@ def test_given_no_secrets_when_sandbox_command_then_usage_error(tmp_path: Path) 
 
     assert result.exit_code == 2
     assert "WACRM_WHATSAPP_ACCESS_TOKEN and WACRM_WHATSAPP_APP_SECRET" in result.output
+
+
+@pytest.mark.parametrize("bsuids", [True, False])
+async def test_given_user_writes_and_is_answered_when_delivered_then_bsuid_in_every_webhook(
+    make_sandbox: Callable[..., WhatsAppSandbox], receiver: Receiver, bsuids: bool
+) -> None:
+    sandbox = make_sandbox(business_scoped_user_ids=bsuids)
+    wamid = sandbox.inbound("+16505551234", "what is the price?")
+    async with client_for(sandbox) as api:
+        await api.post(URL, json=text())
+        await sandbox.drain()
+
+    events = [event for body in receiver.bodies() for event in split_envelope(body)]
+    message = parse_message(next(e for e in events if e.kind == "message").payload)
+    statuses = [parse_status(e.payload) for e in events if e.kind == "status"]
+    expected = business_scoped_user_id(sandbox.config.waba_id, "16505551234") if bsuids else None
+    assert message.provider_message_id == wamid
+    assert message.from_user_id == expected
+    assert [s.recipient_user_id for s in statuses] == [expected] * 3
+    if bsuids:  # US. and 20 digits, the same user every time, another for another business
+        assert expected is not None and expected.startswith("US.") and len(expected) == 23
+        assert business_scoped_user_id("other-waba", "16505551234") != expected

@@ -57,6 +57,7 @@ from wacrm.sandbox.whatsapp_payloads import (
     RE_ENGAGEMENT,
     UNDELIVERABLE,
     WINDOW_SECONDS,
+    business_scoped_user_id,
     envelope,
     inbound_text,
     statuses_for,
@@ -95,6 +96,9 @@ class SandboxConfig:
     mps: int | None = 80  # None: throughput not enforced
     pair_limit: bool = True  # 131056 past ~1 msg / 6 s per user (burst 45)
     enforce_window: bool = False  # free-form outside 24 h of the user's last message → 131047
+    # Business-scoped user ids (user_id, from_user_id, recipient_user_id), as Meta sends them
+    # since April 2026; off: the older shapes without them.
+    business_scoped_user_ids: bool = True
 
     def __post_init__(self) -> None:
         if not self.access_token or not self.app_secret:
@@ -198,12 +202,22 @@ class WhatsAppSandbox:
             self._throughput.admit(pnid, now)  # inbound counts toward the number's mps
         wamid = self._new_wamid(wa_id)
         contacts, messages = inbound_text(
-            wamid=wamid, wa_id=wa_id, text=text, name=name or "Sandbox User", at=now
+            wamid=wamid,
+            wa_id=wa_id,
+            text=text,
+            name=name or "Sandbox User",
+            at=now,
+            user_id=self._user_id(wa_id),
         )
         value = value_with(self._metadata(pnid), "messages", messages)
         value["contacts"] = contacts
         self._schedule(now, pnid, value)
         return wamid
+
+    def _user_id(self, wa_id: str) -> str | None:
+        if not self.config.business_scoped_user_ids:
+            return None
+        return business_scoped_user_id(self.config.waba_id, wa_id)
 
     # -- webhook dispatch -----------------------------------------------------------------
 
@@ -376,6 +390,7 @@ class WhatsAppSandbox:
             delays=self.config.status_delays,
             failure=failure,
             template_category=self.config.template_category,
+            user_id=self._user_id(msg.wa_id),
         ):
             self._schedule(at, pnid, value_with(self._metadata(pnid), "statuses", [status]))
 

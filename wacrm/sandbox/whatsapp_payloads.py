@@ -4,6 +4,7 @@ text messages."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,14 @@ RE_ENGAGEMENT = (
     "Message failed to send because more than 24 hours have passed since the customer last "
     "replied to this number.",
 )
+
+
+def business_scoped_user_id(waba_id: str, wa_id: str) -> str:
+    """The user's business-scoped user id (BSUID) as Meta sends it since April 2026
+    (``US.`` and 20 digits, facts/whatsapp.md): stable for one user and one business
+    portfolio, different for another."""
+    digest = hashlib.sha256(f"{waba_id}:{wa_id}".encode()).digest()
+    return "US." + str(int.from_bytes(digest[:8], "big")).zfill(20)[-20:]
 
 
 def api_major(version: str) -> int:
@@ -49,9 +58,13 @@ def statuses_for(
     delays: Mapping[str, float],
     failure: tuple[int, str, str] | None,
     template_category: str = "utility",
+    user_id: str | None = None,
 ) -> list[tuple[float, dict[str, Any]]]:
-    """(when, status object) for each webhook one accepted send produces."""
+    """(when, status object) for each webhook one accepted send produces; ``user_id``: the
+    recipient's BSUID (``recipient_user_id``)."""
     base: dict[str, Any] = {"id": wamid, "recipient_id": wa_id}
+    if user_id is not None:
+        base["recipient_user_id"] = user_id
     if callback_data is not None:
         base["biz_opaque_callback_data"] = callback_data
     if failure is not None:
@@ -90,17 +103,18 @@ def statuses_for(
 
 
 def inbound_text(
-    *, wamid: str, wa_id: str, text: str, name: str, at: float
+    *, wamid: str, wa_id: str, text: str, name: str, at: float, user_id: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(contacts, messages) for a user's text message."""
-    contacts = [{"profile": {"name": name}, "wa_id": wa_id}]
-    messages = [
-        {
-            "from": wa_id,
-            "id": wamid,
-            "timestamp": str(int(at)),
-            "type": "text",
-            "text": {"body": text},
-        }
-    ]
-    return contacts, messages
+    """(contacts, messages) for a user's text message; ``user_id``: the sender's BSUID
+    (``contacts[].user_id`` and ``messages[].from_user_id``)."""
+    contact: dict[str, Any] = {"profile": {"name": name}, "wa_id": wa_id}
+    message: dict[str, Any] = {
+        "from": wa_id,
+        "id": wamid,
+        "timestamp": str(int(at)),
+        "type": "text",
+        "text": {"body": text},
+    }
+    if user_id is not None:
+        contact["user_id"] = message["from_user_id"] = user_id
+    return [contact], [message]
