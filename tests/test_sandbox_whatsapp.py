@@ -19,6 +19,8 @@ from click.testing import CliRunner
 from wacrm.cli import cli
 from wacrm.model import DeliveryStatus
 from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox, create_sandbox_app
+from wacrm.sandbox.whatsapp_checks import GraphError
+from wacrm.sandbox.whatsapp_media import MediaStore
 from wacrm.sandbox.whatsapp_payloads import business_scoped_user_id
 from wacrm.whatsapp.meta_webhook import (
     parse_message,
@@ -684,3 +686,41 @@ async def test_given_user_writes_and_is_answered_when_delivered_then_bsuid_in_ev
     if bsuids:  # US. and 20 digits, the same user every time, another for another business
         assert expected is not None and expected.startswith("US.") and len(expected) == 23
         assert business_scoped_user_id("other-waba", "16505551234") != expected
+
+
+def _webp(size: int, *, animated: bool) -> bytes:
+    """A WebP of ``size`` bytes whose extended header says whether it is animated."""
+    flags = b"\x02" if animated else b"\x00"
+    head = b"RIFF" + (size - 8).to_bytes(4, "little") + b"WEBP" + b"VP8X" + b"\x0a\0\0\0" + flags
+    return head + b"\0" * (size - len(head))
+
+
+@pytest.mark.parametrize(
+    ("size", "animated", "accepted"),
+    [
+        (100 * 1024, False, True),
+        (100 * 1024 + 1, False, False),  # a static sticker: 100 KB at most
+        (300 * 1024, True, True),  # an animated one: 500 KB
+        (500 * 1024 + 1, True, False),
+    ],
+)
+def test_given_sticker_upload_when_over_its_kind_limit_then_131053(
+    size: int, animated: bool, accepted: bool
+) -> None:
+    request = httpx.Request(
+        "POST",
+        "http://sandbox.test/v25.0/1/media",
+        data={"messaging_product": "whatsapp", "type": "image/webp"},
+        files={"file": ("s.webp", _webp(size, animated=animated), "image/webp")},
+    )
+    store = MediaStore(lambda: 0.0)
+
+    try:
+        store.upload(request.read(), request.headers["content-type"])
+        refused = None
+    except GraphError as exc:
+        refused = exc
+
+    assert (refused is None) is accepted
+    if refused is not None:
+        assert refused.code == 131053 and "sticker" in str(refused.details)

@@ -16,6 +16,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 
 from wacrm.sandbox.whatsapp_checks import GraphError
+from wacrm.whatsapp.content_media import STATIC_STICKER_LIMIT, is_animated_webp
 
 MB = 1024 * 1024
 URL_TTL = 300.0  # seconds a download URL stays valid
@@ -109,6 +110,8 @@ class MediaStore:
         if mime not in LIMITS:
             raise media_error(f"Unsupported media type {mime or 'unknown'!r}.")
         kind, limit = LIMITS[mime]
+        if kind == "sticker" and not is_animated_webp(data[:32]):
+            limit = STATIC_STICKER_LIMIT  # Meta: 100 KB static, 500 KB animated
         if len(data) > limit:
             raise media_error(f"The {kind} is {len(data)} bytes; the limit is {limit}.")
         media = Media(
