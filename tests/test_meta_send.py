@@ -522,14 +522,24 @@ def test_given_uploaded_image_when_sent_by_id_then_accepted_and_downloadable() -
     assert data == PNG
 
 
+# RIFF, size, WEBP, an extended header (VP8X) with the animation flag set.
+ANIMATED_WEBP_HEAD = b"RIFF\0\0\0\0WEBPVP8X\x0a\0\0\0\x02"
+
+
 @pytest.mark.parametrize(
     ("content", "mime", "why"),
     [
         (b"x" * (5 * 1024 * 1024 + 1), "image/jpeg", "limit is 5242880"),
         (b"GIF89a", "image/gif", "Unsupported media type"),
-        (b"x" * (500 * 1024 + 1), "image/webp", "limit is 512000"),
+        (ANIMATED_WEBP_HEAD.ljust(500 * 1024 + 1, b"x"), "image/webp", "limit is 512000"),
+        (b"x" * (100 * 1024 + 1), "image/webp", "limit is 102400"),
     ],
-    ids=["image over 5 MB", "gif not allowed", "sticker over 500 KB"],
+    ids=[
+        "image over 5 MB",
+        "gif not allowed",
+        "animated sticker over 500 KB",
+        "static over 100 KB",
+    ],
 )
 def test_given_media_over_limit_or_wrong_type_when_uploaded_then_131053(
     content: bytes, mime: str, why: str
