@@ -147,6 +147,16 @@ def template_message(
     return msg
 
 
+def template_label(body: Mapping[str, Any]) -> str:
+    """What a template message shows as its text (``[template name/lang]``), e.g. when a
+    free-form reply is replaced by its template fallback."""
+    template = body.get("template")
+    template = template if isinstance(template, Mapping) else {}
+    language = template.get("language")
+    code = language.get("code") if isinstance(language, Mapping) else None
+    return f"[template {template.get('name')}/{code}]"
+
+
 def body_parameters(*texts: str) -> list[dict[str, Any]]:
     """Components for a template whose body has ``{{1}}``, ``{{2}}``… text placeholders."""
     return [{"type": "body", "parameters": [{"type": "text", "text": t} for t in texts]}]

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, select
 from wacrm.store.schema import messages, wa_outbox
 from wacrm.store.whatsapp_outbox import enqueue_send
 from wacrm.whatsapp.errors import ErrorRule, SendAction, classify
+from wacrm.whatsapp.meta_bodies import template_label
 from wacrm.whatsapp.twilio_errors import classify_twilio
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,6 @@ def queue_late_fallback(
         new_id,
     )
     return new_id
-
-
-def template_label(body: Mapping[str, Any]) -> str:
-    """What a template message shows as its text, as the outbox's own switch labels it."""
-    template = body.get("template") or {}
-    language = (template.get("language") or {}).get("code")
-    return f"[template {template.get('name')}/{language}]"
 
 
 def _template_body(raw: str, recipient: str) -> dict[str, Any] | None:
