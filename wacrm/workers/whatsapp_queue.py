@@ -1,7 +1,6 @@
 """The ``wa_outbox`` table's operations: claim with a lease, and the writes that record each
-outcome. Each write comes in two forms: ``x_in(conn, ...)`` in the caller's transaction, and
-``x(engine, ...)`` in a short one of its own; :class:`Outcomes` commits a pass's writes
-together. The decisions about *which* outcome belong to
+outcome (``x_in(conn, ...)``, in the caller's transaction; :class:`Outcomes` commits a pass's
+writes together). The decisions about *which* outcome belong to
 :mod:`wacrm.workers.whatsapp_outbox`. Rows are queued by
 :func:`wacrm.store.whatsapp_outbox.enqueue_send`."""
 
@@ -33,6 +32,7 @@ from sqlalchemy import (
 from wacrm.model import DeliveryStatus, advance_status
 from wacrm.store.schema import contacts, messages, sending_numbers, wa_outbox, whatsapp_numbers
 from wacrm.store.sending_numbers import take_leases
+from wacrm.whatsapp.meta_bodies import template_label
 from wacrm.workers.whatsapp_policy import flag_contact
 
 log = logging.getLogger(__name__)
@@ -307,34 +307,18 @@ _FAILED_OUTBOX = (
 )
 
 
-def release(engine: Engine, job: Job, at: datetime) -> None:
-    """Give the row back unattempted (pacing, halts, order)."""
-    with engine.begin() as conn:
-        release_in(conn, job, at)
-
-
 def release_in(conn: Connection, job: Job, at: datetime) -> None:
+    """Give the row back unattempted (pacing, halts, order)."""
     conn.execute(_RELEASE, {"job_id": job.id, "at": at})
-
-
-def reschedule(engine: Engine, job: Job, *, attempts: int, at: datetime, error: str) -> None:
-    with engine.begin() as conn:
-        reschedule_in(conn, job, attempts=attempts, at=at, error=error)
 
 
 def reschedule_in(conn: Connection, job: Job, *, attempts: int, at: datetime, error: str) -> None:
     conn.execute(_RESCHEDULE, {"job_id": job.id, "tries": attempts, "at": at, "error": error})
 
 
-def mark_sent(engine: Engine, job: Job, provider_message_id: str, now: datetime) -> None:
+def mark_sent_in(conn: Connection, job: Job, provider_message_id: str, now: datetime) -> None:
     """The provider accepted it: record its id (Meta's wamid, Twilio's SM… sid) and who sent
     it; the status stays ``queued`` for the status webhooks, which find it by that id."""
-    with engine.begin() as conn:
-        mark_sent_in(conn, job, provider_message_id, now)
-
-
-def mark_sent_in(conn: Connection, job: Job, provider_message_id: str, now: datetime) -> None:
-    """:func:`mark_sent` in the caller's transaction."""
     conn.execute(
         _SENT_MESSAGE,
         {
@@ -349,8 +333,8 @@ def mark_sent_in(conn: Connection, job: Job, provider_message_id: str, now: date
         conn.execute(_SENT_CONTACT, {"contact": job.contact_id, "at": now})
 
 
-def mark_failed(
-    engine: Engine,
+def mark_failed_in(
+    conn: Connection,
     job: Job,
     *,
     code: int | str | None,
@@ -363,24 +347,6 @@ def mark_failed(
     """Failed for good: the message is ``failed`` with the code; the contact maybe flagged;
     ``on_failed`` runs in the same transaction, so what it writes is there exactly when
     the failure is."""
-    with engine.begin() as conn:
-        mark_failed_in(
-            conn, job, code=code, error=error, title=title, now=now, flag=flag, on_failed=on_failed
-        )
-
-
-def mark_failed_in(
-    conn: Connection,
-    job: Job,
-    *,
-    code: int | str | None,
-    error: str,
-    title: str,
-    now: datetime,
-    flag: bool = False,
-    on_failed: FailureHook | None = None,
-) -> None:
-    """:func:`mark_failed` in the caller's transaction."""
     current = conn.execute(_STATUS, {"message_row": job.message_id}).scalar()
     status = advance_status(
         DeliveryStatus.parse(current) if current else None, DeliveryStatus.FAILED
@@ -403,17 +369,10 @@ def mark_failed_in(
         on_failed(conn, job, str(code) if code is not None else None, title, now)
 
 
-def use_fallback(engine: Engine, job: Job) -> None:
-    """Replace the free-form request by its template fallback, on the message too."""
-    with engine.begin() as conn:
-        use_fallback_in(conn, job)
-
-
 def use_fallback_in(conn: Connection, job: Job) -> None:
-    """:func:`use_fallback` in the caller's transaction."""
+    """Replace the free-form request by its template fallback, on the message too."""
     assert job.fallback is not None
-    template = orjson.loads(job.fallback).get("template") or {}
-    label = f"[template {template.get('name')}/{(template.get('language') or {}).get('code')}]"
+    label = template_label(orjson.loads(job.fallback))
     conn.execute(
         wa_outbox.update()
         .where(wa_outbox.c.id == job.id)
