@@ -10,8 +10,8 @@ it returns performs the send and gives back the provider's message id (Meta's wa
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from wacrm.config import Settings
 from wacrm.whatsapp.meta_send import CloudApiClient
@@ -28,11 +28,15 @@ TWILIO_WEBHOOK_PATH = "/webhooks/twilio"  # where the server takes Twilio's stat
 # Per provider: the codes that mean "this number is over its rate" (pause the whole number),
 # what to set when the credentials are rejected, and the local refusal outside the 24 h
 # window (the code the provider itself would answer).
-THROTTLE_CODES = {META: frozenset({4, 80007, 130429}), TWILIO: TWILIO_THROTTLE_CODES}
-# Of those, the limits wider than one number (facts/whatsapp.md, errors): 4 is the app's
-# API-call rate (every number the app sends from), 80007 the WhatsApp Business Account's.
-APP_THROTTLE_CODES = {META: frozenset({4})}
-ACCOUNT_THROTTLE_CODES = {META: frozenset({80007})}
+# Rate-limit codes and who waits out the backoff (facts/whatsapp.md, errors): the number
+# that drew it (Meta 130429, Twilio's sender limits), every number of the account (Meta
+# 80007, the WhatsApp Business Account's limit), or every number of the provider (Meta 4,
+# the app's API-call rate).
+ThrottleScope = Literal["number", "account", "app"]
+THROTTLE_SCOPES: Mapping[str, Mapping[int, ThrottleScope]] = {
+    META: {130429: "number", 80007: "account", 4: "app"},
+    TWILIO: dict.fromkeys(TWILIO_THROTTLE_CODES, "number"),
+}
 CREDENTIALS_HINTS = {
     META: "set a valid WACRM_WHATSAPP_ACCESS_TOKEN",
     TWILIO: TWILIO_CREDENTIALS_HINT,

@@ -54,11 +54,9 @@ from wacrm.whatsapp.twilio_send import TwilioSender
 from wacrm.workers import whatsapp_queue as queue
 from wacrm.workers.threaded import WorkerThread
 from wacrm.workers.whatsapp_dispatch import (
-    ACCOUNT_THROTTLE_CODES,
-    APP_THROTTLE_CODES,
     CREDENTIALS_HINTS,
     PROVIDERS,
-    THROTTLE_CODES,
+    THROTTLE_SCOPES,
     WINDOW_CLOSED,
     NoSender,
     SendCall,
@@ -469,11 +467,13 @@ class WhatsAppOutboxWorker:
             if delay is None:
                 delay = backoff_seconds(job.attempts + 1, self.policy, self._jitter())
             until = now + timedelta(seconds=delay)
-            if exc.code in APP_THROTTLE_CODES.get(job.provider, ()):  # every call of the app
+            scopes = THROTTLE_SCOPES.get(job.provider, {})
+            scope = scopes.get(exc.code) if exc.code is not None else None
+            if scope == "app":  # every call of the app
                 self._app_paused_until[job.provider] = until
-            elif exc.code in ACCOUNT_THROTTLE_CODES.get(job.provider, ()):  # the whole WABA
+            elif scope == "account":  # the whole WABA
                 self._account_paused_until[job.account_id] = until
-            elif exc.code in THROTTLE_CODES.get(job.provider, ()):  # the number is over budget
+            elif scope == "number":  # the number is over budget
                 self._paused_until[job.phone_number_id] = until
             self._retry(job, exc.summary, held, delay=delay, code=exc.code, title=exc.title)
         elif action is SendAction.DELAY_RECIPIENT:
