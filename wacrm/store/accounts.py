@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from wacrm.store.schema import accounts, whatsapp_business_accounts, whatsapp_numbers
+from wacrm.store.unique import insert_new
 
 
 def ensure_account(engine: Engine, name: str, crm: str = "local") -> int:
@@ -75,14 +75,8 @@ def learn_waba(conn: Connection, account_id: int, waba_id: str) -> int:
     """Record that ``waba_id`` belongs to ``account_id`` unless it is already known; the
     account it belongs to (the first one recorded wins)."""
     table = whatsapp_business_accounts
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    added = conn.execute(
-        insert(table)
-        .values(waba_id=waba_id, account_id=account_id)
-        .on_conflict_do_nothing()
-        .returning(table.c.account_id)
-    ).scalar()
-    if added is not None:
+    values = {"waba_id": waba_id, "account_id": account_id}
+    if insert_new(conn, table, values, returning="account_id") is not None:
         return account_id
     owner = conn.execute(select(table.c.account_id).where(table.c.waba_id == waba_id)).scalar()
     return account_id if owner is None else int(owner)
@@ -90,43 +84,33 @@ def learn_waba(conn: Connection, account_id: int, waba_id: str) -> int:
 
 class NumberDirectory:
     """phone_number_id (or WABA id) → account id, cached; webhooks look it up on every
-    request."""
+    request. An id not found is not cached: it may be registered or learned later."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._cache: dict[str, int] = {}
-        self._waba_cache: dict[str, int] = {}
+        self._cache: dict[str, int] = {}  # phone_number_id → account
+        self._waba_cache: dict[str, int] = {}  # WABA id → account
         self._lock = threading.Lock()
+
+    def account_for(self, phone_number_id: str) -> int | None:
+        found = self._cache.get(phone_number_id)  # the hot path: one dict look-up
+        if found is not None:
+            return found
+        return self._load(self._cache, whatsapp_numbers.c.phone_number_id, phone_number_id)
 
     def account_for_waba(self, waba_id: str) -> int | None:
         found = self._waba_cache.get(waba_id)
         if found is not None:
             return found
-        table = whatsapp_business_accounts
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(table.c.account_id).where(table.c.waba_id == waba_id)
-            ).scalar()
-        if row is None:
-            return None  # not cached: it may be learned or registered later
-        with self._lock:
-            self._waba_cache[waba_id] = int(row)
-        return int(row)
+        return self._load(self._waba_cache, whatsapp_business_accounts.c.waba_id, waba_id)
 
-    def account_for(self, phone_number_id: str) -> int | None:
-        found = self._cache.get(phone_number_id)
-        if found is not None:
-            return found
+    def _load(self, cache: dict[str, int], key: Column[str], value: str) -> int | None:
         with self._engine.connect() as conn:
-            row = conn.execute(
-                select(whatsapp_numbers.c.account_id).where(
-                    whatsapp_numbers.c.phone_number_id == phone_number_id
-                )
-            ).scalar()
+            row = conn.execute(select(key.table.c.account_id).where(key == value)).scalar()
         if row is None:
             return None
         with self._lock:
-            self._cache[phone_number_id] = int(row)
+            cache[value] = int(row)
         return int(row)
 
 
