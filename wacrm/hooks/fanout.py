@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from wacrm.hooks.subscriptions import ALL_EVENTS
 from wacrm.store.schema import hook_deliveries, hook_subscriptions, rule_events
+from wacrm.store.unique import dialect_insert
 
 SETTLE = timedelta(seconds=60)
 PAGE_SIZE = 500
@@ -29,14 +29,6 @@ PAGE_SIZE = 500
 
 class _Raced(Exception):
     """Another worker advanced the subscription meanwhile: this page is its to do."""
-
-
-def _insert(dialect: str) -> postgresql.Insert | sqlite.Insert:
-    return (
-        postgresql.insert(hook_deliveries)
-        if dialect == "postgresql"
-        else sqlite.insert(hook_deliveries)
-    )
 
 
 def fan_out(
@@ -105,7 +97,10 @@ def _fan_out_one(
             ]
             if rows:
                 # Another worker may be inserting the same rows: its win is ours too.
-                conn.execute(_insert(conn.dialect.name).on_conflict_do_nothing(), rows)
+                conn.execute(
+                    dialect_insert(conn.dialect.name, hook_deliveries).on_conflict_do_nothing(),
+                    rows,
+                )
             # Advance over the settled events only, and only while they are all settled.
             new_through = through
             if after == through:

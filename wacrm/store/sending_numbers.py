@@ -23,19 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from wacrm.store.schema import sending_numbers, wa_outbox, whatsapp_numbers
+from wacrm.store.unique import dialect_insert
 
 
 def sender_name() -> str:
     """A name for one outbox worker, unique across processes and machines, that says where
     it runs (host and pid) for ``wacrm numbers``."""
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _insert(conn: Connection) -> type[postgresql.Insert] | type[sqlite.Insert]:
-    return postgresql.Insert if conn.dialect.name == "postgresql" else sqlite.Insert
 
 
 def take_leases(
@@ -47,7 +43,7 @@ def take_leases(
     if not values:
         return
     t = sending_numbers
-    stmt = _insert(conn)(t).values(values)
+    stmt = dialect_insert(conn.dialect.name, t).values(values)
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[t.c.phone_number_id],
@@ -70,7 +66,7 @@ def release_leases(engine: Engine, sender: str) -> None:
 def halt_in(conn: Connection, phone_number_id: str, reason: str, now: datetime) -> None:
     """Stop sending from ``phone_number_id`` until it is resumed (every sender, restarts)."""
     t = sending_numbers
-    stmt = _insert(conn)(t).values(
+    stmt = dialect_insert(conn.dialect.name, t).values(
         phone_number_id=phone_number_id, halted_reason=reason, halted_at=now
     )
     conn.execute(

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from wacrm.store.schema import cursors
+from wacrm.store.unique import dialect_insert
 
 
 class CursorWentBackwards(RuntimeError):
@@ -92,8 +92,7 @@ def save_bookmark(
             "seen": bookmark.seen,
         }
     ).decode()
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(cursors).values(
+    statement = dialect_insert(conn.dialect.name, cursors).values(
         account_id=account_id,
         connector=connector,
         object=object,

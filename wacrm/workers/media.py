@@ -50,11 +50,11 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 from sqlalchemy import Engine, and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from wacrm.config import Secret, Settings
 from wacrm.model import MEDIA_TYPES
 from wacrm.store.schema import media, messages
+from wacrm.store.unique import dialect_insert
 from wacrm.workers.async_wake import WakeLoop
 from wacrm.workers.media_twilio import TOKEN_SETTING as TWILIO_TOKEN
 from wacrm.workers.media_twilio import TwilioMediaAccount, TwilioMediaError, media_fields
@@ -302,11 +302,7 @@ class MediaWorker:
             ).all()
             rows = [self._new_row(c, now) for c in candidates]
             if rows:
-                insert = (
-                    postgresql.insert(media)
-                    if conn.dialect.name == "postgresql"
-                    else sqlite.insert(media)
-                )
+                insert = dialect_insert(conn.dialect.name, media)
                 # A row another worker created meanwhile is skipped; counted all the same
                 # (PostgreSQL reports no row count for an executemany).
                 conn.execute(insert.on_conflict_do_nothing(), rows)
