@@ -114,15 +114,15 @@ def split_envelope(doc: Any) -> Iterator[WebhookEvent]:
             yield from _split_change(entry, change)
 
 
-def _malformed(part: Any, problem: str, entry: dict[str, Any] | None = None) -> WebhookEvent:
+def _waba_id(entry: dict[str, Any] | None) -> str | None:
+    """The entry's WhatsApp Business Account id (``entry.id``), as text."""
     waba = entry.get("id") if entry is not None else None
+    return str(waba) if isinstance(waba, str | int) else None
+
+
+def _malformed(part: Any, problem: str, entry: dict[str, Any] | None = None) -> WebhookEvent:
     return WebhookEvent(
-        None,
-        "malformed",
-        None,
-        {"part": part},
-        waba_id=str(waba) if isinstance(waba, str | int) else None,
-        problem=problem,
+        None, "malformed", None, {"part": part}, waba_id=_waba_id(entry), problem=problem
     )
 
 
@@ -147,8 +147,7 @@ def _split_change(entry: dict[str, Any], change: dict[str, Any]) -> Iterator[Web
     metadata = _obj(value.get("metadata"))
     pnid = metadata.get("phone_number_id")
     phone_number_id = str(pnid) if pnid is not None else None
-    waba = entry.get("id")
-    waba_id = str(waba) if isinstance(waba, str | int) else None
+    waba_id = _waba_id(entry)
     if field != "messages":
         # Account updates, template and quality changes: kept, keyed by their content and
         # the entry's time, so the same change made again later (a template paused, then
@@ -157,7 +156,7 @@ def _split_change(entry: dict[str, Any], change: dict[str, Any]) -> Iterator[Web
             phone_number_id,
             f"field:{field}",
             _digest({"time": entry.get("time"), "change": change}),
-            {"waba_id": waba, "time": entry.get("time"), "field": field, "value": value},
+            {"waba_id": entry.get("id"), "time": entry.get("time"), "field": field, "value": value},
             waba_id=waba_id,
         )
         return
