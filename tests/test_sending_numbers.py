@@ -21,6 +21,7 @@ from whatsapp_support import (
     Graph,
     add_contact,
     add_outbound,
+    add_outbound_to_many,
     graph_error,
     make_worker,
     outbox_row,
@@ -40,20 +41,15 @@ def clock() -> Clock:
 
 def _queue(engine: Engine, account_id: int, clock: Clock, count: int, number: str) -> list[int]:
     """``count`` messages from ``number``, each to a contact of its own who wrote lately."""
-    ids = []
-    for i in range(count):
-        phone = f"+1650{number[-3:]}{i:04d}"
-        contact = add_contact(engine, account_id, phone, clock.now - timedelta(hours=1))
-        _, outbox_id = add_outbound(
-            engine,
-            account_id,
-            text_message(phone, f"#{i}"),
-            at=clock.now,
-            contact_id=contact,
-            phone_number_id=number,
-        )
-        ids.append(outbox_id)
-    return ids
+    return add_outbound_to_many(
+        engine,
+        account_id,
+        count,
+        at=clock.now,
+        wrote_at=clock.now - timedelta(hours=1),
+        phone_prefix=f"+1650{number[-3:]}",
+        phone_number_id=number,
+    )
 
 
 def test_given_a_sender_holds_a_number_when_another_claims_then_it_gets_none_of_its_rows(

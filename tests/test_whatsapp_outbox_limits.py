@@ -15,6 +15,7 @@ from whatsapp_support import (
     Graph,
     add_contact,
     add_outbound,
+    add_outbound_to_many,
     graph_error,
     make_sandbox,
     make_worker,
@@ -163,12 +164,7 @@ def test_given_mps_limit_when_many_recipients_then_sleeps_to_stay_under_it(
 ) -> None:
     sandbox = make_sandbox(clock, mps=10)
     start = clock.now
-    for i in range(25):
-        phone = f"+1650555{i:04d}"
-        contact = add_contact(engine, account_id, phone, clock.now)
-        add_outbound(
-            engine, account_id, text_message(phone, "hi"), at=clock.now, contact_id=contact
-        )
+    add_outbound_to_many(engine, account_id, 25, at=clock.now, wrote_at=clock.now)
     worker = make_worker(engine, clock, over_asgi(sandbox), mps=10)
     paced = 10 * worker.policy.mps_headroom  # a little under the mps (OutboxPolicy)
 
@@ -185,12 +181,7 @@ def test_given_whatsapp_mps_setting_when_worker_built_then_paced_at_that_rate(
     # A coexistence number is fixed at 20 mps: at the default 80 the sandbox refuses most.
     sandbox = make_sandbox(clock, mps=20)
     start = clock.now
-    for i in range(41):
-        phone = f"+1650555{i:04d}"
-        contact = add_contact(engine, account_id, phone, clock.now)
-        add_outbound(
-            engine, account_id, text_message(phone, "hi"), at=clock.now, contact_id=contact
-        )
+    add_outbound_to_many(engine, account_id, 41, at=clock.now, wrote_at=clock.now)
     client = CloudApiClient(
         base_url="http://sandbox.test", version="v25.0", access_token=TOKEN, http=over_asgi(sandbox)
     )

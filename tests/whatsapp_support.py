@@ -18,6 +18,7 @@ from wacrm.config import Settings
 from wacrm.rules.runtime import RuleRuntime
 from wacrm.sandbox.whatsapp import SandboxConfig, WhatsAppSandbox
 from wacrm.store.schema import contacts, messages, wa_outbox
+from wacrm.whatsapp.meta_bodies import text_message
 from wacrm.whatsapp.meta_send import CloudApiClient
 from wacrm.workers.whatsapp_outbox import OutboxPolicy, WhatsAppOutboxWorker
 
@@ -105,6 +106,34 @@ def add_outbound(
         ).inserted_primary_key
     assert outbox is not None
     return int(message[0]), int(outbox[0])
+
+
+def add_outbound_to_many(
+    engine: Engine,
+    account_id: int,
+    count: int,
+    *,
+    at: datetime,
+    wrote_at: datetime,
+    phone_prefix: str = "+1650555",
+    phone_number_id: str = PHONE_NUMBER_ID,
+) -> list[int]:
+    """``count`` text messages from ``phone_number_id``, each to a contact of its own
+    (``phone_prefix`` and four digits) who last wrote at ``wrote_at``; their outbox ids."""
+    ids = []
+    for i in range(count):
+        phone = f"{phone_prefix}{i:04d}"
+        contact = add_contact(engine, account_id, phone, wrote_at)
+        _, outbox_id = add_outbound(
+            engine,
+            account_id,
+            text_message(phone, "hi"),
+            at=at,
+            contact_id=contact,
+            phone_number_id=phone_number_id,
+        )
+        ids.append(outbox_id)
+    return ids
 
 
 def outbox_row(engine: Engine, outbox_id: int) -> Any:
